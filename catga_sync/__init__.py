@@ -1,0 +1,36 @@
+"""catga_sync: Raft-based coordination for Flask apps and Python worker processes."""
+
+from __future__ import annotations
+
+from .errors import (
+    CatgaError,
+    CommitTimeoutError,
+    ConfigError,
+    ForwardingError,
+    InvalidMessageError,
+    LeadershipTransferError,
+    LockNotAcquiredError,
+    MembershipChangeError,
+    NoLeaderError,
+    NotLeaderError,
+    ProposalDroppedError,
+    StorageError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CatgaError",
+    "CommitTimeoutError",
+    "ConfigError",
+    "ForwardingError",
+    "InvalidMessageError",
+    "LeadershipTransferError",
+    "LockNotAcquiredError",
+    "MembershipChangeError",
+    "NoLeaderError",
+    "NotLeaderError",
+    "ProposalDroppedError",
+    "StorageError",
+    "__version__",
+]

@@ -1,0 +1,93 @@
+"""Every error catga_sync raises, in one place.
+
+All derive from :class:`CatgaError`, and from the builtin they resemble, so callers can catch
+either. Each message says what happened and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatgaError",
+    "CommitTimeoutError",
+    "ConfigError",
+    "ForwardingError",
+    "InvalidMessageError",
+    "LeadershipTransferError",
+    "LockNotAcquiredError",
+    "MembershipChangeError",
+    "NoLeaderError",
+    "NotLeaderError",
+    "ProposalDroppedError",
+    "StorageError",
+]
+
+
+class CatgaError(Exception):
+    """Root of every error raised by catga_sync."""
+
+
+class ConfigError(CatgaError, ValueError):
+    """A configuration value is missing, malformed or unsafe."""
+
+
+class InvalidMessageError(CatgaError, ValueError):
+    """A peer message failed validation; the node's state was not touched."""
+
+
+class ProposalDroppedError(CatgaError):
+    """The Raft core refused a proposal; nothing was appended to the log."""
+
+
+class NotLeaderError(ProposalDroppedError):
+    """This node is not the leader, so it cannot take the request.
+
+    ``leader_id`` and ``leader_endpoint`` name the current leader when one is known; send the
+    request there, or use the forward-to-leader behavior.
+    """
+
+    def __init__(
+        self,
+        leader_id: str | None = None,
+        leader_endpoint: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.leader_id = leader_id
+        self.leader_endpoint = leader_endpoint
+        if message is None:
+            shown = leader_endpoint or leader_id or "none"
+            message = f"This node is not the leader. Leader: {shown}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.leader_id, self.leader_endpoint, str(self)))
+
+
+class NoLeaderError(NotLeaderError):
+    """No leader is known right now (an election is under way or there is no quorum)."""
+
+
+class LeadershipTransferError(CatgaError, ValueError):
+    """A leadership transfer was asked for an unknown, non-voting or otherwise invalid target."""
+
+
+class MembershipChangeError(CatgaError, ValueError):
+    """A membership change was refused (another is pending, or the change makes no sense)."""
+
+
+class CommitTimeoutError(CatgaError, TimeoutError):
+    """A proposal was not applied in time; its outcome is unknown.
+
+    Retrying with the same request id is safe: the state machine applies it at most once.
+    """
+
+
+class LockNotAcquiredError(CatgaError, TimeoutError):
+    """A distributed lock could not be acquired within the wait."""
+
+
+class ForwardingError(CatgaError):
+    """A request could not be forwarded to the leader."""
+
+
+class StorageError(CatgaError):
+    """The node's persistent state could not be read or written."""

@@ -1,0 +1,1 @@
+"""Shared pytest fixtures for the catga_sync test suite."""
