@@ -416,9 +416,17 @@ class SimulatedCluster:
         applied = self._applied.get(entry.index)
         return applied is not None and applied[0] != entry.term
 
+    def reachable_from(self, node_id: str) -> list[str]:
+        """Live nodes that ``node_id`` can reach and hear from (itself included)."""
+        return [
+            n
+            for n in self.alive()
+            if n == node_id or (self.connected(node_id, n) and self.connected(n, node_id))
+        ]
+
     def commit(self, data: bytes, *, max_ticks: int = 2000) -> Entry:
-        """Propose ``data`` to the leader and step until every live node applied it; a
-        proposal lost to a leader change is proposed again."""
+        """Propose ``data`` to the leader and step until every live node in touch with the
+        leader applied it; a proposal lost to a leader change is proposed again."""
         for _ in range(50):
             leader = self.wait_for_leader(max_ticks)
             try:
@@ -426,9 +434,10 @@ class SimulatedCluster:
             except CatgaError:
                 self.step()
                 continue
+            group = self.reachable_from(leader)
             try:
                 self.run_until(
-                    lambda: self.is_committed(entry) or self.lost(entry),  # noqa: B023
+                    lambda: self.is_committed(entry, group) or self.lost(entry),  # noqa: B023
                     max_ticks=max_ticks,
                 )
             except TimeoutError:

@@ -284,26 +284,41 @@ class RaftCore:
 
     def ready(self) -> Ready:
         """Collect the work accumulated since the last Ready; see :class:`Ready` for the order."""
-        hard = self._hard_state()
-        soft = self._soft_state()
-        snapshot = self.log.unstable_snapshot
+        log = self.log
+        hard = self._persisted_hard
+        if (self.term, self.vote, log.committed) != (hard.term, hard.vote, hard.commit):
+            new_hard: HardState | None = self._hard_state()
+        else:
+            new_hard = None
+        soft = self._reported_soft
+        if soft is None or (self.role, self.leader_id, self.term) != (
+            soft.role,
+            soft.leader_id,
+            soft.term,
+        ):
+            soft = self._soft_state()
+            new_soft: SoftState | None = soft
+        else:
+            new_soft = None
+        snapshot = log.unstable_snapshot
+        membership = self.membership
         ready = Ready(
-            hard_state=hard if hard != self._persisted_hard else None,
-            soft_state=soft if soft != self._reported_soft else None,
-            entries=self.log.unstable_entries(),
+            hard_state=new_hard,
+            soft_state=new_soft,
+            entries=log.unstable_entries(),
             snapshot=snapshot,
             apply_snapshot=self._apply_snapshot and snapshot is not None,
-            committed_entries=self.log.next_committed_entries(self.config.max_committed_bytes),
+            committed_entries=log.next_committed_entries(self.config.max_committed_bytes),
             messages=tuple(self._messages),
             early_messages=tuple(self._early_messages),
             read_states=tuple(self._read_states),
-            membership=self.membership if self.membership != self._reported_membership else None,
+            membership=membership if membership != self._reported_membership else None,
         )
         self._messages = []
         self._early_messages = []
         self._read_states = []
         self._reported_soft = soft
-        self._reported_membership = self.membership
+        self._reported_membership = membership
         self._outstanding = ready
         return ready
 

@@ -56,11 +56,11 @@ class RaftLog:
 
     def term(self, index: int) -> int | None:
         """The term of the entry at ``index``, or None when compacted or not yet there."""
-        if index == self.offset:
-            return self.offset_term
-        if self.offset < index <= self.last_index:
-            return self.entries[index - self.offset - 1].term
-        return None
+        k = index - self.offset - 1
+        if k < 0:
+            return self.offset_term if k == -1 else None
+        entries = self.entries
+        return entries[k].term if k < len(entries) else None
 
     def entry(self, index: int) -> Entry:
         return self.entries[index - self.offset - 1]
@@ -76,15 +76,18 @@ class RaftLog:
 
     def slice(self, lo: int, hi: int, max_bytes: int) -> tuple[Entry, ...]:
         """Entries [lo, hi), at least one when any, stopping once ``max_bytes`` is exceeded."""
-        out: list[Entry] = []
+        offset = self.offset
+        start = max(lo, offset + 1) - offset - 1
+        stop = min(hi, offset + len(self.entries) + 1) - offset - 1
+        if start >= stop:
+            return ()
+        window = self.entries[start:stop]
         size = 0
-        for index in range(max(lo, self.first_index), min(hi, self.last_index + 1)):
-            entry = self.entries[index - self.offset - 1]
+        for count, entry in enumerate(window):
             size += entry.size
-            if out and size > max_bytes:
-                break
-            out.append(entry)
-        return tuple(out)
+            if count and size > max_bytes:
+                return tuple(window[:count])
+        return tuple(window)
 
     def unstable_entries(self) -> tuple[Entry, ...]:
         return (
