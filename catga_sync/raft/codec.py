@@ -162,16 +162,17 @@ def decode_config_entry(
 ) -> tuple[ConfigChange, Membership]:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidMessageError(f"{where}: not JSON") from None
     obj = _mapping(obj, where)
     reader = _Reader(obj, where)
     change_obj = _mapping(obj.get("change"), f"{where}.change")
     change_reader = _Reader(change_obj, f"{where}.change")
+    kind = change_reader.string("type", max_length=32)
     try:
-        change_type = ConfigChangeType(change_reader.string("type", max_length=32))
+        change_type = ConfigChangeType(kind)
     except ValueError:
-        raise InvalidMessageError(f"{where}.change.type: unknown change type") from None
+        raise InvalidMessageError(f"{where}.change.type: unknown change type {kind!r}") from None
     change = ConfigChange(change_type, change_reader.node_id("node_id"))
     return change, _membership(reader)
 
@@ -232,7 +233,7 @@ class _Reader:
 
     def node_id(self, key: str) -> str:
         value = self.string(key, max_length=MAX_NODE_ID_LENGTH)
-        if any(ord(ch) < 32 for ch in value):
+        if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in value):
             raise InvalidMessageError(f"{self.where}.{key}: control characters in a node id")
         return value
 
@@ -250,9 +251,12 @@ class _Reader:
         if not isinstance(value, str):
             raise InvalidMessageError(f"{self.where}.{key}: expected base64 text")
         try:
-            return base64.b64decode(value, validate=True)
+            data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidMessageError(f"{self.where}.{key}: invalid base64") from None
+        if base64.b64encode(data).decode("ascii") != value:
+            raise InvalidMessageError(f"{self.where}.{key}: non-canonical base64")
+        return data
 
     def context(self, key: str) -> str:
         return self.string(key, max_length=MAX_CONTEXT_LENGTH, allow_empty=True)
@@ -387,6 +391,6 @@ def decode_message(body: bytes) -> Message:
     """Parse and validate JSON bytes; raises :class:`InvalidMessageError` when malformed."""
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidMessageError(f"message body is not JSON: {exc}") from None
     return message_from_dict(raw)

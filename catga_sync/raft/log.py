@@ -115,6 +115,8 @@ class RaftLog:
         match in one round trip.
         """
         index = min(index, self.last_index)
+        if index < self.offset:
+            return index, 0  # compacted: we cannot tell, so let the caller probe from there
         while index > self.offset:
             entry_term = self.entries[index - self.offset - 1].term
             if entry_term <= term:

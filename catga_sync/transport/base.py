@@ -1,0 +1,36 @@
+"""The transport port: how a node's outgoing Raft messages reach its peers.
+
+Incoming messages arrive through the peer RPC blueprint (or the in-memory hub in tests) and are
+handed to a :class:`PeerReceiver`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..raft import Message
+
+
+class Transport(Protocol):
+    """Sends messages to peers. ``send`` never blocks on the network and never raises for a
+    slow or dead peer: a message that cannot be delivered is dropped (Raft retries)."""
+
+    def send(self, messages: Sequence[Message]) -> None: ...
+
+    def close(self) -> None:
+        """Stop sender threads and close connections. Idempotent."""
+        ...
+
+
+class PeerReceiver(Protocol):
+    """What the peer RPC endpoint delivers to: a running node."""
+
+    @property
+    def raft_id(self) -> str:
+        """This node's Raft identity (its normalized endpoint)."""
+        ...
+
+    def receive(self, messages: Sequence[Message], sender_name: str | None) -> None:
+        """Queue validated messages for the Raft loop; returns at once."""
+        ...
