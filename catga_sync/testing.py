@@ -634,6 +634,12 @@ class SimulatedCluster:
 
     def _check_acknowledged_is_persisted(self, node: _Node, m: Message) -> None:
         disk = node.disk
+        if (
+            isinstance(m, (VoteRequest, VoteResponse))
+            and not m.pre_vote
+            and disk.hard.term > m.term
+        ):
+            return  # a later term is on disk: this node can never act in m.term again
         if isinstance(m, VoteResponse) and m.granted and not m.pre_vote:
             if (disk.hard.term, disk.hard.vote) != (m.term, m.to):
                 self._violation(
