@@ -373,8 +373,11 @@ class SimulatedCluster:
             leader = self.leader()
             if leader is None:
                 return False
-            term = self.core(leader).term
-            return all(self.core(n).term <= term for n in self.alive() if self.connected(n, leader))
+            core = self.core(leader)
+            reachable = set(self.reachable_from(leader))
+            if len(reachable & core.membership.voters) <= len(core.membership.voters) // 2:
+                return False  # a stranded old leader that has not stepped down yet
+            return all(self.core(n).term <= core.term for n in reachable)
 
         self.run_until(settled, max_ticks=max_ticks)
         leader = self.leader()
@@ -417,11 +420,13 @@ class SimulatedCluster:
         return applied is not None and applied[0] != entry.term
 
     def reachable_from(self, node_id: str) -> list[str]:
-        """Live nodes that ``node_id`` can reach and hear from (itself included)."""
+        """Live members that ``node_id`` can reach and hear from (itself included)."""
+        members = self.core(node_id).membership.nodes | {node_id}
         return [
             n
             for n in self.alive()
-            if n == node_id or (self.connected(node_id, n) and self.connected(n, node_id))
+            if n == node_id
+            or (n in members and self.connected(node_id, n) and self.connected(n, node_id))
         ]
 
     def commit(self, data: bytes, *, max_ticks: int = 2000) -> Entry:

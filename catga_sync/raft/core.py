@@ -65,6 +65,7 @@ class _PendingRead:
 
     index: int
     origin: NodeId | None
+    context: str
     acks: set[NodeId] = field(default_factory=set)
 
 
@@ -117,6 +118,7 @@ class RaftCore:
         self.pending_config_index = 0
 
         self._pending_reads: dict[str, _PendingRead] = {}
+        self._read_rounds = 0
         self._reads_awaiting_commit: list[tuple[str, NodeId | None]] = []
         self._read_states: list[ReadState] = []
         self._messages: list[Message] = []
@@ -139,6 +141,8 @@ class RaftCore:
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        if self._outstanding is not None:
+            raise RuntimeError("tick() between ready() and advance()")
         self._tick()
 
     def step(self, message: Message) -> None:
@@ -196,7 +200,8 @@ class RaftCore:
 
     def read_index(self, context: str) -> None:
         """Ask for a linearizable read; a :class:`ReadState` with ``context`` comes in a later
-        Ready. Contexts must be unique among reads in flight."""
+        Ready. Use contexts unique among this node's reads in flight. A read lost to a leader
+        change is never answered: drivers time out and retry."""
         if not isinstance(context, str) or not context:
             raise ValueError("a read context must be a non-empty string")
         if self.role is Role.LEADER:
@@ -210,7 +215,7 @@ class RaftCore:
         """Hand leadership to ``target`` (thesis §3.10): catch it up, then send TimeoutNow.
         Proposals are refused meanwhile; the transfer aborts after an election timeout."""
         if self.role is not Role.LEADER:
-            raise NotLeaderError(self.leader_id)
+            raise NotLeaderError(self.leader_id) if self.leader_id else NoLeaderError()
         if target == self.id:
             return
         if target not in self.membership.voters:
@@ -871,21 +876,25 @@ class RaftCore:
         if self.membership.voters <= {self.id}:
             self._answer_read(context, self.log.committed, origin)
             return
-        read = _PendingRead(self.log.committed, origin)
+        # Thesis §6.4 step 3: only heartbeats sent after the index was recorded may confirm it,
+        # so each round gets its own token; the caller's context might be reused or shared.
+        self._read_rounds += 1
+        token = f"{self.term}.{self._read_rounds}"
+        read = _PendingRead(self.log.committed, origin, context)
         if self.id in self.membership.voters:
             read.acks.add(self.id)
-        self._pending_reads[context] = read
-        self._broadcast_heartbeat(context)
+        self._pending_reads[token] = read
+        self._broadcast_heartbeat(token)
 
-    def _release_confirmed_reads(self, context: str) -> None:
-        read = self._pending_reads[context]
+    def _release_confirmed_reads(self, token: str) -> None:
+        read = self._pending_reads[token]
         if len(read.acks & self.membership.voters) < self._quorum():
             return
-        # Confirming leadership for this read confirms it for every earlier one too.
-        for ctx in list(self._pending_reads):
-            earlier = self._pending_reads.pop(ctx)
-            self._answer_read(ctx, earlier.index, earlier.origin)
-            if ctx == context:
+        # Confirming leadership for this round confirms it for every earlier one too.
+        for each in list(self._pending_reads):
+            earlier = self._pending_reads.pop(each)
+            self._answer_read(earlier.context, earlier.index, earlier.origin)
+            if each == token:
                 break
 
     def _answer_read(self, context: str, index: int, origin: NodeId | None) -> None:
