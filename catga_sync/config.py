@@ -1,0 +1,899 @@
+"""Cluster configuration: the guide's ``Cluster`` settings as one frozen, validated object.
+
+A :class:`ClusterConfig` is built directly or loaded from one of three sources, each under the
+names that source is used to: the guide's ``appsettings.json`` ``"Cluster"`` section
+(:meth:`ClusterConfig.from_mapping`), its environment form ``Cluster__LocalNodeEndpoint``
+(:meth:`ClusterConfig.from_env`) and Flask config keys ``CATGA_CLUSTER_*``
+(:meth:`ClusterConfig.from_flask_config`). Everything is checked once, at construction, so a
+mistake fails at start with a :class:`~catga_sync.errors.ConfigError` that names the key and the
+fix, rather than as a cluster that never elects a leader.
+
+A node's Raft identity is its normalized local endpoint (:func:`normalize_endpoint`); its
+``node_id`` is the human name used for storage rows, logs and health output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .raft import Membership, RaftConfig
+
+__all__ = [
+    "ELECTION_TIMEOUT_FLOOR",
+    "HEARTBEAT_INTERVAL_FLOOR",
+    "SETTINGS",
+    "ClusterConfig",
+    "Setting",
+    "derive_node_id",
+    "normalize_endpoint",
+    "parse_duration",
+]
+
+logger = logging.getLogger("catga_sync.config")
+
+ELECTION_TIMEOUT_FLOOR = timedelta(milliseconds=100)
+"""The guide's lowest election timeout ("Troubleshooting: not below 100ms")."""
+HEARTBEAT_INTERVAL_FLOOR = timedelta(milliseconds=25)
+"""The guide's lowest heartbeat interval ("not below 25ms")."""
+ELECTION_TIMEOUT_CEILING = timedelta(seconds=60)
+"""Above this an election timeout is almost surely milliseconds written as seconds."""
+MIN_DERIVED_TICK = timedelta(milliseconds=5)
+"""A derived tick never goes below this: finer ticks cost CPU and buy nothing under the GIL."""
+MIN_TICK_INTERVAL = timedelta(milliseconds=1)
+MIN_SIGNATURE_WINDOW = timedelta(seconds=1)
+MIN_MESSAGE_BYTES = 64 << 10
+SHORT_SECRET = 16
+"""Secrets shorter than this draw a warning: HMAC is only as strong as its key."""
+
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_TABLE_PREFIX_RE = re.compile(r"[a-z_][a-z0-9_]{0,31}")
+_URL_PREFIX_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+_HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
+_PASSWORD_RE = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+# --------------------------------------------------------------------------------------------
+# The settings, under every source's name
+# --------------------------------------------------------------------------------------------
+
+_Kind = Literal[
+    "str", "optional_str", "members", "duration", "optional_duration", "seconds", "int", "bool"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration key and the names it goes by in each source."""
+
+    name: str
+    """The Python name: a :class:`ClusterConfig` field and a loader keyword."""
+    kind: _Kind
+    """How loaders read a loose value (a string from the environment, JSON, ...) for it."""
+
+    @property
+    def guide(self) -> str:
+        """The guide's PascalCase key in the ``"Cluster"`` section, e.g. ``LocalNodeEndpoint``."""
+        return "".join(part.capitalize() for part in self.name.split("_"))
+
+    @property
+    def label(self) -> str:
+        """How error messages name the key: ``Cluster:LocalNodeEndpoint (local_node_endpoint)``."""
+        return f"Cluster:{self.guide} ({self.name})"
+
+    @property
+    def env_key(self) -> str:
+        """The environment variable, e.g. ``Cluster__LocalNodeEndpoint``."""
+        return f"Cluster__{self.guide}"
+
+    @property
+    def flask_key(self) -> str:
+        """The Flask config key, e.g. ``CATGA_CLUSTER_LOCAL_NODE_ENDPOINT``."""
+        return f"CATGA_CLUSTER_{self.name.upper()}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("local_node_endpoint", "str"),
+    Setting("members", "members"),
+    Setting("election_timeout", "duration"),
+    Setting("heartbeat_interval", "duration"),
+    Setting("persistent_state_path", "optional_str"),
+    Setting("node_id", "str"),
+    Setting("secret", "optional_str"),
+    Setting("table_prefix", "str"),
+    Setting("sqlite_synchronous", "str"),
+    Setting("url_prefix", "str"),
+    Setting("max_message_bytes", "int"),
+    Setting("signature_window", "duration"),
+    Setting("tick_interval", "optional_duration"),
+    Setting("switch_interval", "seconds"),
+    Setting("snapshot_every", "int"),
+    Setting("autostart", "bool"),
+)
+"""Every key, in the order of :class:`ClusterConfig`'s fields."""
+
+_Put = Callable[[str, object], None]
+
+_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# .NET configuration keys are case-insensitive; folding underscores too lets one table accept
+# the guide's PascalCase, camelCase and our snake_case.
+_BY_FOLDED: dict[str, Setting] = {s.guide.lower(): s for s in SETTINGS}
+
+
+def _fold(key: str) -> str:
+    return key.replace("_", "").lower()
+
+
+def _label(name: str) -> str:
+    return _BY_NAME[name].label
+
+
+# --------------------------------------------------------------------------------------------
+# Endpoints, node ids, durations
+# --------------------------------------------------------------------------------------------
+
+
+def _normalize(url: object) -> str:
+    """Normalize an endpoint or raise a plain ValueError whose text is the reason."""
+    if not isinstance(url, str):
+        raise ValueError(f"expected a URL string, got {type(url).__name__}")
+    text = url.strip()
+    if not text:
+        raise ValueError("it is empty")
+    if "://" not in text:
+        raise ValueError("it has no scheme")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ValueError(f"it cannot be parsed ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"the scheme {parts.scheme!r} is not http or https")
+    if "@" in parts.netloc:
+        raise ValueError("it contains credentials (user@host); peers authenticate with the secret")
+    host = parts.hostname
+    if not host:
+        raise ValueError("it has no host")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"it has a path ({parts.path!r}); the RPC path comes from url_prefix")
+    if parts.query or parts.fragment:
+        raise ValueError("it has a query or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("its port is not a number from 1 to 65535") from None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    if port == 0:
+        raise ValueError("its port is not a number from 1 to 65535")
+    if ":" in host:
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv6 address") from None
+    elif not _HOST_RE.fullmatch(host):
+        raise ValueError(f"{host!r} is not a valid host name (use the ASCII form)")
+    return f"{scheme}://{host}:{port}"
+
+
+def normalize_endpoint(url: str) -> str:
+    """Return ``url`` as ``scheme://host:port``: lowercase scheme and host, explicit port
+    (80/443 when omitted), no path or trailing slash. Peers compare endpoints in this form.
+
+    Raises :class:`~catga_sync.errors.ConfigError` for anything that is not a plain
+    http(s) base URL.
+    """
+    try:
+        return _normalize(url)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{url!r} is not a valid endpoint: {exc}. "
+            "Write it as http://host:port, e.g. http://localhost:5000."
+        ) from None
+
+
+def derive_node_id(endpoint: str) -> str:
+    """The node id implied by an endpoint: ``host-port`` (``http://localhost:5000`` gives
+    ``localhost-5000``). Stable across restarts, unlike a random id."""
+    parts = urlsplit(normalize_endpoint(endpoint))
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", parts.hostname or "")
+    return f"{host}-{parts.port}"
+
+
+_TIMESPAN_RE = re.compile(
+    r"(?P<sign>-)?(?:(?P<days>\d+)\.)?(?P<hours>\d{1,2}):(?P<minutes>\d{1,2})"
+    r"(?::(?P<seconds>\d{1,2})(?:\.(?P<fraction>\d{1,7}))?)?"
+)
+_UNIT_RE = re.compile(
+    r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>ms|us|µs|s|sec|m|min|h)?",
+    re.IGNORECASE,
+)
+_MICROSECONDS_PER_UNIT = {
+    None: 1_000_000,
+    "s": 1_000_000,
+    "sec": 1_000_000,
+    "ms": 1_000,
+    "us": 1,
+    "µs": 1,
+    "m": 60_000_000,
+    "min": 60_000_000,
+    "h": 3_600_000_000,
+}
+_DURATION_FORMS = "a TimeSpan like 00:00:00.150, a number of seconds like 0.15, or 150ms"
+
+
+def parse_duration(value: object, *, key: str = "duration") -> timedelta:
+    """Read a duration in any of the accepted forms.
+
+    ``timedelta``; a number of seconds (``0.15``); a .NET TimeSpan string
+    (``"00:00:00.150"``, ``"00:01:30"``, ``"1.00:00:00"``); or a number with a unit
+    (``"150ms"``, ``"0.15s"``, ``"2m"``, ``"1h"``; no unit means seconds). Note that a bare
+    number means seconds here, where .NET would read ``"1"`` as one day. ``key`` names the
+    setting in the error.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration, got {value!r}; write {_DURATION_FORMS}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not a finite number of seconds")
+        try:
+            return timedelta(seconds=value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {value!r} seconds is too long") from None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{key}: expected a duration, got {type(value).__name__}; write {_DURATION_FORMS}"
+        )
+    text = value.strip()
+    try:
+        span = _TIMESPAN_RE.fullmatch(text)
+        if span is not None:
+            return _timespan(span, value, key)
+        number = _UNIT_RE.fullmatch(text)
+        if number is not None:
+            unit = number["unit"].lower() if number["unit"] else None
+            micros = Decimal(number["number"]) * _MICROSECONDS_PER_UNIT[unit]
+            return timedelta(microseconds=int(micros.to_integral_value(ROUND_HALF_EVEN)))
+    except (OverflowError, InvalidOperation):
+        raise ConfigError(f"{key}: {value!r} is too long a duration") from None
+    raise ConfigError(f"{key}: cannot read {value!r} as a duration; write {_DURATION_FORMS}")
+
+
+def _timespan(match: re.Match[str], value: str, key: str) -> timedelta:
+    hours, minutes = int(match["hours"]), int(match["minutes"])
+    seconds = int(match["seconds"] or 0)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        # .NET refuses these too; "25:00:00" is more likely a typo than a day and an hour.
+        raise ConfigError(
+            f"{key}: {value!r} is not a valid TimeSpan: hours run to 23, minutes and seconds to "
+            "59 (days go before a dot, as in 1.00:00:00)"
+        )
+    # Up to 7 fraction digits (.NET ticks of 100 ns); timedelta keeps microseconds.
+    fraction = Decimal(f"0.{match['fraction'] or 0}") * 1_000_000
+    span = timedelta(
+        days=int(match["days"] or 0),
+        hours=hours,
+        minutes=minutes,
+        seconds=seconds,
+        microseconds=int(fraction.to_integral_value(ROUND_HALF_EVEN)),
+    )
+    return -span if match["sign"] else span
+
+
+def _fmt(duration: timedelta) -> str:
+    millis = duration / timedelta(milliseconds=1)
+    if abs(millis) < 1000:
+        return f"{millis:g} ms"
+    return f"{duration.total_seconds():g} s"
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """One node's cluster settings, validated at construction.
+
+    Durations accept a ``timedelta``, a number of seconds or a duration string
+    (:func:`parse_duration`); every other field takes its annotated type. ``members`` may list
+    the local endpoint or not; it is stored without it (:attr:`voters` adds it back).
+    """
+
+    local_node_endpoint: str = ""
+    """This node's URL, e.g. ``http://localhost:5000``; stored normalized. It is the node's
+    Raft id. Required: the default (empty) raises :class:`~catga_sync.errors.ConfigError`."""
+    members: tuple[str, ...] = ()
+    """The other members' endpoints, normalized, without the local one."""
+    election_timeout: timedelta = timedelta(milliseconds=150)
+    """A follower that hears no leader for this long (randomized in [T, 2T)) starts an election."""
+    heartbeat_interval: timedelta = timedelta(milliseconds=50)
+    """How often the leader sends heartbeats; less than half the election timeout."""
+    persistent_state_path: str | None = None
+    """None: in-memory (lost on restart); a directory: one SQLite file per node; a SQLAlchemy
+    URL (contains ``://``) such as ``postgresql+psycopg://...``."""
+    node_id: str = ""
+    """The human name of this node (storage rows, logs, health). Empty: derived from the
+    endpoint as ``host-port``."""
+    secret: str | None = field(default=None, repr=False)
+    """Cluster secret for HMAC-signed peer requests; None leaves the peer API open."""
+    table_prefix: str = "catga_"
+    """Prefix of the SQL tables (lowercase letters, digits, underscores)."""
+    sqlite_synchronous: str = "FULL"
+    """SQLite ``PRAGMA synchronous``: FULL (durable against power loss) or NORMAL (faster)."""
+    url_prefix: str = "/_catga"
+    """Where the peer RPC blueprint is mounted."""
+    max_message_bytes: int = 8 << 20
+    """Largest peer request body accepted (larger gets 413)."""
+    signature_window: timedelta = timedelta(seconds=30)
+    """A signed request older or newer than this (by the receiver's clock) is refused."""
+    tick_interval: timedelta | None = None
+    """The Raft core's tick. None: heartbeat_interval / 5, but not below 5 ms."""
+    switch_interval: float | None = 0.001
+    """``sys.setswitchinterval`` the node applies so busy threads cannot starve its timer
+    (seconds); None leaves Python's default (0.005)."""
+    snapshot_every: int = 10_000
+    """Applied entries between snapshots."""
+    autostart: bool = True
+    """Start the node when the Flask extension is initialised."""
+
+    def __post_init__(self) -> None:
+        # Frozen: normalized values are stored through object.__setattr__, once, here.
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        local = self._check_local_endpoint()
+        put("local_node_endpoint", local)
+        put("members", self._check_members(local))
+        put("node_id", self._check_node_id(local))
+        self._check_durations(put)
+        put("persistent_state_path", self._check_state_path())
+        self._check_strings(put)
+        self._check_numbers(put)
+        self._warn_about_size()
+
+    # -- validation, one concern per method ---------------------------------------------------
+
+    def _check_local_endpoint(self) -> str:
+        label = _label("local_node_endpoint")
+        value = self.local_node_endpoint
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ConfigError(
+                f"{label} is required: set it to this node's URL, e.g. http://localhost:5000"
+            )
+        try:
+            return _normalize(value)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{label} {value!r} is not a valid endpoint: {exc}. "
+                "Set it to this node's URL as http://host:port, e.g. http://localhost:5000."
+            ) from None
+
+    def _check_members(self, local: str) -> tuple[str, ...]:
+        label = _label("members")
+        given = self.members
+        if given is None:
+            return ()
+        if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+            raise ConfigError(
+                f"{label} must be a list of endpoint URLs, got {type(given).__name__}: "
+                'e.g. ["http://localhost:5001", "http://localhost:5002"]'
+            )
+        seen: dict[str, object] = {}
+        for i, member in enumerate(given):
+            try:
+                endpoint = _normalize(member)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"Cluster:Members:{i} (members[{i}]) {member!r} is not a valid endpoint: "
+                    f"{exc}. Write each member as http://host:port, e.g. http://localhost:5001."
+                ) from None
+            if endpoint in seen:
+                raise ConfigError(
+                    f"{label} lists {endpoint} twice ({seen[endpoint]!r} and {member!r} are the "
+                    "same endpoint once normalized): remove the duplicate"
+                )
+            seen[endpoint] = member
+        # The guide's lists leave the local endpoint out; ours may include it. Same meaning.
+        return tuple(endpoint for endpoint in seen if endpoint != local)
+
+    def _check_node_id(self, local: str) -> str:
+        label = _label("node_id")
+        value = self.node_id
+        if value is None or value == "":
+            value = derive_node_id(local)
+            if not _NODE_ID_RE.fullmatch(value):
+                raise ConfigError(
+                    f"{label} cannot be derived from {local} (it gives {value!r}, which is too "
+                    "long): set it explicitly, e.g. node0"
+                )
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{label} must be a string, got {type(value).__name__}")
+        if not _NODE_ID_RE.fullmatch(value) or value in (".", ".."):
+            raise ConfigError(
+                f"{label} {value!r} is invalid: use 1 to 255 letters, digits, '.', '_' or '-' "
+                "(it names storage rows and files), e.g. node0"
+            )
+        return value
+
+    def _check_durations(self, put: _Put) -> None:
+        durations: dict[str, timedelta] = {}
+        for name in ("election_timeout", "heartbeat_interval", "signature_window"):
+            durations[name] = _positive_duration(name, getattr(self, name))
+            put(name, durations[name])
+        election, heartbeat = durations["election_timeout"], durations["heartbeat_interval"]
+        if election < ELECTION_TIMEOUT_FLOOR:
+            raise ConfigError(
+                f"{_label('election_timeout')} is {_fmt(election)}, below the floor of 100 ms: "
+                "an election needs time for a vote round trip; use 150 ms (the default) or more"
+            )
+        if election > ELECTION_TIMEOUT_CEILING:
+            raise ConfigError(
+                f"{_label('election_timeout')} is {_fmt(election)}, above 60 s: a bare number "
+                "means seconds; for milliseconds write 150ms or 00:00:00.150"
+            )
+        if heartbeat < HEARTBEAT_INTERVAL_FLOOR:
+            raise ConfigError(
+                f"{_label('heartbeat_interval')} is {_fmt(heartbeat)}, below the floor of 25 ms: "
+                "use 50 ms (the default) or about a third of the election timeout"
+            )
+        if heartbeat * 2 >= election:
+            raise ConfigError(
+                f"{_label('heartbeat_interval')} is {_fmt(heartbeat)}, not less than half of "
+                f"{_label('election_timeout')} ({_fmt(election)}): followers would start "
+                "elections between heartbeats; use at most a third of the election timeout "
+                "(the guide: 50 ms with 150 ms)"
+            )
+        if durations["signature_window"] < MIN_SIGNATURE_WINDOW:
+            raise ConfigError(
+                f"{_label('signature_window')} is {_fmt(durations['signature_window'])}: use at "
+                "least 1 s (30 s is the default) so ordinary clock skew does not reject peers"
+            )
+        if self.tick_interval is not None:
+            tick = _positive_duration("tick_interval", self.tick_interval)
+            if tick < MIN_TICK_INTERVAL or tick > heartbeat:
+                raise ConfigError(
+                    f"{_label('tick_interval')} is {_fmt(tick)}: it must be between 1 ms and "
+                    f"the heartbeat interval ({_fmt(heartbeat)}); leave it unset to derive it"
+                )
+            put("tick_interval", tick)
+
+    def _check_state_path(self) -> str | None:
+        label = _label("persistent_state_path")
+        value = self.persistent_state_path
+        if value is None:
+            return None
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"{label} must be a directory or a SQLAlchemy URL, got {value!r}: leave it unset "
+                "for in-memory state, or use e.g. ./raft-state"
+            )
+        if "://" not in value:
+            return os.path.expanduser(value)
+        from sqlalchemy.engine import make_url  # heavy; only needed for URLs
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+            raise ConfigError(
+                f"{label} {_mask_password(value)!r} is not a valid SQLAlchemy URL: write e.g. "
+                "postgresql+psycopg://user:password@host/db, or a directory for SQLite files"
+            ) from None
+        return value
+
+    def _check_strings(self, put: _Put) -> None:
+        secret = self.secret
+        if secret is not None:
+            if not isinstance(secret, str) or not secret:
+                raise ConfigError(
+                    f"{_label('secret')} must be a non-empty string: set the same secret on every "
+                    "node, or leave it unset to run with an open peer API"
+                )
+            if len(secret) < SHORT_SECRET:
+                logger.warning(
+                    "%s is shorter than %d characters; peer signatures are only as strong as "
+                    "the secret: use e.g. python -c 'import secrets; print(secrets.token_hex(32))'",
+                    _label("secret"),
+                    SHORT_SECRET,
+                )
+        prefix = self.table_prefix
+        if not isinstance(prefix, str) or not _TABLE_PREFIX_RE.fullmatch(prefix):
+            raise ConfigError(
+                f"{_label('table_prefix')} {prefix!r} is invalid: use 1 to 32 lowercase letters, "
+                "digits or underscores, starting with a letter or underscore (it is pasted into "
+                "table names; PostgreSQL folds case, MySQL on Linux does not), e.g. catga_"
+            )
+        sync = self.sqlite_synchronous
+        if not isinstance(sync, str) or sync.upper() not in ("FULL", "NORMAL"):
+            raise ConfigError(
+                f"{_label('sqlite_synchronous')} {sync!r} is invalid: use FULL (durable against "
+                "power loss, the default) or NORMAL (faster; may lose the last writes on power "
+                "loss, which can make a node forget its vote)"
+            )
+        put("sqlite_synchronous", sync.upper())
+        url_prefix = self.url_prefix
+        if not isinstance(url_prefix, str) or not _URL_PREFIX_RE.fullmatch(url_prefix):
+            raise ConfigError(
+                f"{_label('url_prefix')} {url_prefix!r} is invalid: it must start with '/', not "
+                "end with '/', and hold only letters, digits and . _ ~ -, e.g. /_catga"
+            )
+
+    def _check_numbers(self, put: _Put) -> None:
+        size = self.max_message_bytes
+        if not _is_int(size) or size < MIN_MESSAGE_BYTES:
+            raise ConfigError(
+                f"{_label('max_message_bytes')} {size!r} is invalid: use a whole number of bytes "
+                f"of at least {MIN_MESSAGE_BYTES} (64 KiB); the default is 8 MiB (8388608)"
+            )
+        every = self.snapshot_every
+        if not _is_int(every) or every < 1:
+            raise ConfigError(
+                f"{_label('snapshot_every')} {every!r} is invalid: use a whole number of applied "
+                "entries of at least 1; the default is 10000"
+            )
+        switch = self.switch_interval
+        if switch is not None:
+            if isinstance(switch, timedelta):
+                switch = switch.total_seconds()
+            if (
+                isinstance(switch, bool)
+                or not isinstance(switch, (int, float))
+                or not (0 < switch <= 1)
+            ):
+                raise ConfigError(
+                    f"{_label('switch_interval')} {self.switch_interval!r} is invalid: use a "
+                    "number of seconds above 0 and at most 1 (0.001 is the default), or None to "
+                    "leave Python's default"
+                )
+            put("switch_interval", float(switch))
+        if not isinstance(self.autostart, bool):
+            raise ConfigError(
+                f"{_label('autostart')} must be True or False, got {self.autostart!r}"
+            )
+
+    def _warn_about_size(self) -> None:
+        voters = len(self.members) + 1
+        if voters % 2 == 0:
+            logger.warning(
+                "The cluster has %d voters (%s): it survives %d failure(s), no more than %d "
+                "voter(s) would, and an even count makes split votes likelier; use an odd "
+                "number of nodes (3, 5, 7) as the guide advises",
+                voters,
+                ", ".join(sorted(self.voters)),
+                (voters - 1) // 2,
+                voters - 1,
+            )
+
+    # -- derived values -----------------------------------------------------------------------
+
+    @property
+    def raft_id(self) -> str:
+        """This node's Raft identity, which is its normalized endpoint."""
+        return self.local_node_endpoint
+
+    @property
+    def voters(self) -> frozenset[str]:
+        """Every voter of the initial configuration (the members and this node)."""
+        return frozenset(self.members) | {self.local_node_endpoint}
+
+    @property
+    def persistence(self) -> Literal["memory", "directory", "url"]:
+        """Where the Raft state lives, read from :attr:`persistent_state_path`."""
+        path = self.persistent_state_path
+        if path is None:
+            return "memory"
+        return "url" if "://" in path else "directory"
+
+    @property
+    def tick(self) -> timedelta:
+        """The core's unit of time. It is :attr:`tick_interval` if set, else
+        heartbeat_interval / 5 but not below 5 ms."""
+        if self.tick_interval is not None:
+            return self.tick_interval
+        return max(self.heartbeat_interval / 5, MIN_DERIVED_TICK)
+
+    @property
+    def election_ticks(self) -> int:
+        """The election timeout in ticks (the core randomizes it in [T, 2T))."""
+        return round(self.election_timeout / self.tick)
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        """The heartbeat interval in ticks (at least one)."""
+        return max(1, round(self.heartbeat_interval / self.tick))
+
+    def endpoint_of(self, raft_id: str) -> str:
+        """The URL to reach a node by: its Raft id is already its endpoint."""
+        return raft_id
+
+    def raft_config(self, **overrides: Any) -> RaftConfig:
+        """The core's configuration for this node: ids, initial voters and ticks, and batch
+        sizes that fit in :attr:`max_message_bytes` (base64 and JSON add about a third)."""
+        defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(RaftConfig)}
+        budget = self.max_message_bytes // 2
+        params: dict[str, Any] = {
+            "node_id": self.raft_id,
+            "membership": Membership(voters=self.voters),
+            "election_ticks": self.election_ticks,
+            "heartbeat_ticks": self.heartbeat_ticks,
+            "max_entries_bytes": min(defaults["max_entries_bytes"], budget),
+            "snapshot_chunk_bytes": min(defaults["snapshot_chunk_bytes"], budget),
+        }
+        params.update(overrides)
+        return RaftConfig(**params)
+
+    def __repr__(self) -> str:
+        # Never print the secret or a database password (configs end up in logs).
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "secret":
+                text = "None" if value is None else "'***'"
+            elif f.name == "persistent_state_path" and value is not None:
+                text = repr(_mask_password(value))
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"ClusterConfig({', '.join(shown)})"
+
+    # -- loaders ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> ClusterConfig:
+        """Load the guide's ``appsettings.json``: the whole document (its ``"Cluster"``
+        section is used) or the section itself.
+
+        Keys are matched case-insensitively, in the guide's PascalCase or in snake_case; an
+        unknown key is an error, so a typo cannot pass silently. A ``null`` value leaves the
+        key at its default. ``overrides`` (Python names and values) win over the mapping.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(
+                "from_mapping expects a mapping (the parsed appsettings.json, or its Cluster "
+                f"section), got {type(mapping).__name__}"
+            )
+        section: Mapping[str, Any] = mapping
+        where = "the Cluster section"
+        found = [k for k in mapping if isinstance(k, str) and k.lower() == "cluster"]
+        if len(found) > 1:
+            raise ConfigError(f"The mapping has several Cluster sections ({found}): keep one")
+        if found:
+            section = mapping[found[0]]
+            if not isinstance(section, Mapping):
+                raise ConfigError(
+                    f"{found[0]!r} must be an object of settings, got {type(section).__name__}"
+                )
+        else:
+            where = "the mapping (it has no Cluster section, so it was read as the section)"
+        raw: dict[str, tuple[str, Any]] = {}
+        for key, value in section.items():
+            setting = _BY_FOLDED.get(_fold(key)) if isinstance(key, str) else None
+            if setting is None:
+                known = ", ".join(s.guide for s in SETTINGS)
+                raise ConfigError(
+                    f"Unknown key {key!r} in {where}. Known keys: {known} "
+                    "(or their snake_case names)."
+                )
+            _put_once(raw, setting, key, value)
+        return cls._build(raw, overrides)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClusterConfig:
+        """Load the guide's environment form (``environ`` defaults to ``os.environ``).
+
+        ``Cluster__LocalNodeEndpoint``, ``Cluster__Members__0``, ``Cluster__Members__1``, ...,
+        ``Cluster__ElectionTimeout`` and so on, matched case-insensitively as .NET does.
+        Member indexes run from 0 without gaps. Other ``Cluster__*`` variables are errors.
+        """
+        env = os.environ if environ is None else environ
+        raw: dict[str, tuple[str, Any]] = {}
+        indexed: dict[int, tuple[str, str]] = {}
+        for key, value in env.items():
+            if not key.lower().startswith("cluster__"):
+                continue
+            parts = key[len("cluster__") :].split("__")
+            setting = _BY_FOLDED.get(_fold(parts[0]))
+            if setting is not None and len(parts) == 1:
+                _put_once(raw, setting, key, value)
+                continue
+            if setting is not None and setting.name == "members" and len(parts) == 2:
+                index = parts[1]
+                if index.isdigit() and index.isascii():
+                    if int(index) in indexed:
+                        raise ConfigError(
+                            f"{indexed[int(index)][0]} and {key} set the same member: keep one"
+                        )
+                    indexed[int(index)] = (key, value)
+                    continue
+            known = ", ".join(
+                s.env_key + ("__0, __1, ..." if s.name == "members" else "") for s in SETTINGS
+            )
+            raise ConfigError(f"Unknown environment variable {key}. Known: {known}.")
+        if indexed:
+            if "members" in raw:
+                raise ConfigError(
+                    f"Both {raw['members'][0]} and {indexed[min(indexed)][0]} are set: list the "
+                    "members one way, Cluster__Members__0, Cluster__Members__1, ..."
+                )
+            missing = [i for i in range(max(indexed) + 1) if i not in indexed]
+            if missing:
+                raise ConfigError(
+                    f"Cluster__Members__{missing[0]} is missing (found indexes "
+                    f"{sorted(indexed)}): number the members from 0 without gaps"
+                )
+            raw["members"] = (
+                "Cluster__Members",
+                [indexed[i][1] for i in range(len(indexed))],
+            )
+        return cls._build(raw, overrides)
+
+    @classmethod
+    def from_flask_config(cls, config: Mapping[str, Any], **overrides: Any) -> ClusterConfig:
+        """Load ``CATGA_CLUSTER_*`` keys from a Flask config, one per field
+        (``CATGA_CLUSTER_LOCAL_NODE_ENDPOINT``, ``CATGA_CLUSTER_MEMBERS``, ...).
+
+        Values may be typed (as ``app.config.from_prefixed_env()`` leaves them after its JSON
+        parsing) or strings; ``CATGA_CLUSTER_MEMBERS`` takes a list, a comma-separated string
+        or a JSON list. An unknown ``CATGA_CLUSTER_*`` key is an error; ``None`` means unset.
+        """
+        raw: dict[str, tuple[str, Any]] = {}
+        for key, value in config.items():
+            if not isinstance(key, str) or not key.startswith("CATGA_CLUSTER_"):
+                continue
+            setting = _BY_NAME.get(key[len("CATGA_CLUSTER_") :].lower())
+            if setting is None or setting.flask_key != key:
+                known = ", ".join(s.flask_key for s in SETTINGS)
+                raise ConfigError(f"Unknown Flask config key {key}. Known keys: {known}.")
+            raw[setting.name] = (key, value)
+        return cls._build(raw, overrides)
+
+    @classmethod
+    def _build(cls, raw: dict[str, tuple[str, Any]], overrides: Mapping[str, Any]) -> ClusterConfig:
+        unknown = sorted(set(overrides) - _BY_NAME.keys())
+        if unknown:
+            raise ConfigError(
+                f"Unknown override(s) {', '.join(unknown)}. Known: {', '.join(_BY_NAME)}."
+            )
+        kwargs: dict[str, Any] = {}
+        for name, (where, value) in raw.items():
+            if value is not None:  # null: leave the default
+                kwargs[name] = _coerce(_BY_NAME[name], value, where)
+        kwargs.update(overrides)
+        if kwargs.get("local_node_endpoint") is None:
+            raise ConfigError(
+                f"{_label('local_node_endpoint')} is required: set it to this node's URL, e.g. "
+                "http://localhost:5000 (Cluster__LocalNodeEndpoint in the environment, "
+                "CATGA_CLUSTER_LOCAL_NODE_ENDPOINT in Flask config)"
+            )
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Loose values from the loaders' sources
+# --------------------------------------------------------------------------------------------
+
+
+def _put_once(raw: dict[str, tuple[str, Any]], setting: Setting, key: str, value: Any) -> None:
+    if setting.name in raw:
+        raise ConfigError(
+            f"{raw[setting.name][0]!r} and {key!r} both set {setting.label}: keep one"
+        )
+    raw[setting.name] = (key, value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _coerce(setting: Setting, value: Any, where: str) -> Any:
+    """Turn a value from a loader's source into what the constructor takes."""
+    key = f"{where} ({setting.name})"
+    kind = setting.kind
+    if kind in ("str", "optional_str"):
+        if isinstance(value, str):
+            if not value:
+                raise ConfigError(f"{key} is empty: set a value or remove the key")
+            return value
+        if _is_int(value):  # from_prefixed_env turns FLASK_..._NODE_ID=7 into 7
+            return str(value)
+        if kind == "optional_str" and isinstance(value, os.PathLike):
+            return value
+        raise ConfigError(
+            f"{key} must be a string, got {type(value).__name__} {value!r}"
+            " (in FLASK_* variables, quote it as a JSON string)"
+        )
+    if kind == "members":
+        return _members(value, key)
+    if kind == "duration":
+        return parse_duration(value, key=key)
+    if kind in ("optional_duration", "seconds"):
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return None
+        duration = parse_duration(value, key=key)
+        return duration.total_seconds() if kind == "seconds" else duration
+    if kind == "int":
+        if _is_int(value):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 10)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    # kind == "bool"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if _is_int(value) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _members(value: Any, key: str) -> list[Any]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {value!r} is not a valid JSON list ({exc})") from None
+            if not isinstance(value, list):
+                raise ConfigError(f"{key}: expected a JSON list of URLs, got {value!r}")
+            return value
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, Mapping):
+        # .NET binds arrays from keys "0", "1", ...; accept the same shape.
+        try:
+            indexed = {int(k): v for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{key}: expected a list of URLs, or an object keyed 0, 1, ...; got {value!r}"
+            ) from None
+        if sorted(indexed) != list(range(len(indexed))):
+            raise ConfigError(
+                f"{key}: member indexes {sorted(indexed)} must run from 0 without gaps"
+            )
+        return [indexed[i] for i in range(len(indexed))]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ConfigError(f"{key}: expected a list of URLs, got {type(value).__name__} {value!r}")
+
+
+def _positive_duration(name: str, value: object) -> timedelta:
+    label = _label(name)
+    duration = parse_duration(value, key=label)
+    if duration <= timedelta(0):
+        raise ConfigError(
+            f"{label} must be positive, got {_fmt(duration)}; write e.g. 150ms or 00:00:00.150"
+        )
+    return duration
+
+
+def _mask_password(url: str) -> str:
+    return _PASSWORD_RE.sub(r"\1***@", url)
