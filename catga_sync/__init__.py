@@ -13,6 +13,7 @@ from .errors import (
     MembershipChangeError,
     NoLeaderError,
     NotLeaderError,
+    PeerAuthError,
     ProposalDroppedError,
     StorageError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "MembershipChangeError",
     "NoLeaderError",
     "NotLeaderError",
+    "PeerAuthError",
     "ProposalDroppedError",
     "StorageError",
     "__version__",

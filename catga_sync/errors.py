@@ -17,6 +17,7 @@ __all__ = [
     "MembershipChangeError",
     "NoLeaderError",
     "NotLeaderError",
+    "PeerAuthError",
     "ProposalDroppedError",
     "StorageError",
 ]
@@ -32,6 +33,11 @@ class ConfigError(CatgaError, ValueError):
 
 class InvalidMessageError(CatgaError, ValueError):
     """A peer message failed validation; the node's state was not touched."""
+
+
+class PeerAuthError(CatgaError, PermissionError):
+    """A peer request was not signed, or not signed with this cluster's secret, or its timestamp
+    lies outside the signature window; it was refused and changed nothing."""
 
 
 class ProposalDroppedError(CatgaError):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from catga_sync.raft.codec import encode_config_entry
+from catga_sync.raft.codec import encode_config_entry, entry_to_dict
 from catga_sync.raft.log import LogInvariantError, RaftLog
 from catga_sync.raft.messages import (
     ConfigChange,
@@ -314,11 +316,18 @@ def test_slice_with_tiny_byte_cap_still_returns_one_entry() -> None:
 
 def test_slice_stops_once_the_byte_cap_would_be_exceeded() -> None:
     log = RaftLog(None, [Entry(i, 1, b"x" * 84) for i in range(1, 6)], 0)
-    assert log.entries[0].size == 100
-    assert len(log.slice(1, 6, 100)) == 1
-    assert len(log.slice(1, 6, 199)) == 1
-    assert len(log.slice(1, 6, 200)) == 2
+    size = log.entries[0].size
+    assert len(log.slice(1, 6, size)) == 1
+    assert len(log.slice(1, 6, 2 * size - 1)) == 1
+    assert len(log.slice(1, 6, 2 * size)) == 2
     assert len(log.slice(1, 6, 10_000)) == 5
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 84, 1000, 65_537])
+def test_an_entry_counts_at_least_its_encoded_size(length: int) -> None:
+    entry = Entry(2**62, 2**62, bytes(range(256)) * (length // 256) + b"x" * (length % 256))
+    encoded = json.dumps(entry_to_dict(entry), separators=(",", ":"))
+    assert entry.size >= len(encoded)
 
 
 def test_slice_is_clamped_to_the_log() -> None:

@@ -1,0 +1,125 @@
+"""The guide's ``IClusterCoordinator``: who leads, and what happens when that changes."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from blinker import Namespace
+
+from .errors import NoLeaderError
+from .raft import Role
+
+if TYPE_CHECKING:
+    from .node import ClusterNode, NodeStatus
+
+log = logging.getLogger("catga_sync.coordinator")
+
+signals = Namespace()
+leader_elected = signals.signal("catga-leader-elected")
+"""Sent with ``sender=coordinator`` when this node becomes leader (``term=...``)."""
+leader_lost = signals.signal("catga-leader-lost")
+"""Sent with ``sender=coordinator`` when this node stops being leader (``term=...``)."""
+
+LeadershipCallback = Callable[[bool], object]
+
+
+class ClusterCoordinator:
+    """Read who leads, and be told when this node gains or loses leadership.
+
+    Callbacks run on the coordinator's own event thread, in order, never on the Raft loop: a
+    slow or failing callback delays other callbacks but never the cluster, and an exception in
+    one is logged and harms nothing.
+    """
+
+    def __init__(self, node: ClusterNode) -> None:
+        self._node = node
+        self._callbacks: list[LeadershipCallback] = []
+        self._events: queue.SimpleQueue[tuple[bool, int]] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._deliver, name=f"catga-events-{node.node_id}", daemon=True
+        )
+        self._thread.start()
+        node.add_status_listener(self._on_status)
+
+    # -- the guide's properties ---------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._node.node_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self._node.status.is_leader
+
+    @property
+    def leader_id(self) -> str | None:
+        """The leader's node id (its endpoint until its name is known), or None."""
+        return self._node.status.leader_id
+
+    @property
+    def leader_endpoint(self) -> str | None:
+        return self._node.status.leader_endpoint
+
+    @property
+    def term(self) -> int:
+        return self._node.status.term
+
+    @property
+    def role(self) -> Role:
+        return self._node.status.role
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every voting member's endpoint, this node's included."""
+        return self._node.status.members
+
+    @property
+    def status(self) -> NodeStatus:
+        return self._node.status
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def on_leadership_change(self, callback: LeadershipCallback) -> LeadershipCallback:
+        """Call ``callback(is_leader)`` whenever this node gains or loses leadership (the
+        guide's ``LeadershipChanged``). Usable as a decorator; returns the callback."""
+        self._callbacks.append(callback)
+        return callback
+
+    def remove_leadership_callback(self, callback: LeadershipCallback) -> None:
+        self._callbacks.remove(callback)
+
+    def wait_for_leader(self, timeout: float) -> str:
+        """Block until some node leads; returns its endpoint. Raises NoLeaderError."""
+        try:
+            status = self._node.wait_for(lambda s: s.leader_endpoint is not None, timeout)
+        except TimeoutError:
+            raise NoLeaderError(
+                message=f"no leader elected within {timeout}s: check that a majority of "
+                f"{list(self.members)} is running and reachable"
+            ) from None
+        assert status.leader_endpoint is not None
+        return status.leader_endpoint
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _on_status(self, old: NodeStatus, new: NodeStatus) -> None:
+        if old.is_leader != new.is_leader:
+            self._events.put((new.is_leader, new.term))
+
+    def _deliver(self) -> None:
+        while True:
+            is_leader, term = self._events.get()
+            signal = leader_elected if is_leader else leader_lost
+            try:
+                signal.send(self, term=term)
+            except Exception:
+                log.exception("a %s receiver failed", signal.name)
+            for callback in list(self._callbacks):
+                try:
+                    callback(is_leader)
+                except Exception:
+                    log.exception("leadership callback %r failed", callback)

@@ -1,0 +1,278 @@
+"""The peer RPC endpoint: ``POST {url_prefix}/raft`` takes a batch of Raft messages from a peer.
+
+A request is read within a size limit, authenticated (when a cluster secret is set), decoded and
+checked as a whole before anything reaches the node; any problem is answered with a JSON error
+and the node's state is untouched. Wire format and status codes: ``docs/transport.rst``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import NoReturn
+
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
+
+from ..errors import CatgaError, ConfigError, PeerAuthError
+from ..transport.base import PeerReceiver
+from ..transport.signing import ReplayGuard, verify
+from ..transport.wire import (
+    DEFAULT_URL_PREFIX,
+    HEADER_NODE,
+    HEADER_SENDER,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    INFO_PATH,
+    MAX_NODE_NAME_LENGTH,
+    PROTOCOL_VERSION,
+    RAFT_PATH,
+    WireFormatError,
+    check_addressing,
+    decode_batch,
+    normalize_url_prefix,
+)
+
+logger = logging.getLogger(__name__)
+
+# Every common method is routed to the views so a wrong one gets our JSON 405, not Werkzeug's
+# HTML page (a blueprint's error handlers never see routing errors).
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_READ_CHUNK = 64 << 10
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+
+
+class _Refusal(CatgaError):
+    """Ends a peer request with a JSON error; raised in the views, answered by the handler."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}
+
+
+def create_peer_blueprint(
+    get_receiver: Callable[[], PeerReceiver | None],
+    *,
+    secret: str | None,
+    max_body_bytes: int,
+    signature_window: float,
+    url_prefix: str = DEFAULT_URL_PREFIX,
+    name: str = "catga_peer",
+) -> Blueprint:
+    """A blueprint serving the peer RPC for the node ``get_receiver()`` returns.
+
+    ``get_receiver`` is called on every request (None means the node is not running: 503).
+    Without a ``secret`` (None or empty) requests are not authenticated, and a warning says so.
+    """
+    if max_body_bytes < 1:
+        raise ConfigError(f"max_body_bytes must be at least 1, not {max_body_bytes}")
+    if not signature_window > 0:
+        raise ConfigError(
+            f"signature_window must be a positive number of seconds, not {signature_window}"
+        )
+    key = secret or None
+    prefix = normalize_url_prefix(url_prefix)
+    if key is None:
+        logger.warning(
+            "The peer API at %s%s is open: no cluster secret is set, so anyone who can reach "
+            "this port can send Raft messages and take over the cluster. Set the same secret "
+            "on every node (CATGA_CLUSTER_SECRET in Flask config, Cluster__Secret in the "
+            "environment, or --secret).",
+            prefix,
+            RAFT_PATH,
+        )
+    guard = ReplayGuard(signature_window) if key is not None else None
+    rejections = _RejectionLog()
+    bp = Blueprint(name, __name__, url_prefix=prefix or None)
+
+    def receiver_or_503() -> PeerReceiver:
+        receiver = get_receiver()
+        if receiver is None:
+            raise _Refusal(
+                503,
+                "not_running",
+                "This node is not running (not started yet, or stopping). Peers retry on their "
+                "own; if this lasts, check that the node was started and look at its log.",
+                {"Retry-After": "1"},
+            )
+        return receiver
+
+    @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def raft() -> tuple[Response, int]:
+        if request.method != "POST":
+            _method_not_allowed("POST")
+        body = _read_body(max_body_bytes)
+        sender = request.headers.get(HEADER_SENDER, "")
+        if key is not None and guard is not None:
+            now = time.time()
+            auth = _auth_headers()
+            verify(key, "POST", _signed_path(), body, auth, now, signature_window)
+            guard.check(auth[HEADER_SIGNATURE], float(auth[HEADER_TIMESTAMP]), now)
+        elif not sender:
+            raise _Refusal(
+                400,
+                "missing_sender",
+                f"The {HEADER_SENDER} header is missing; it must hold the sending node's Raft id "
+                "(its normalized endpoint, such as http://node1:5000).",
+            )
+        sender_name = _sender_name()
+        receiver = receiver_or_503()
+        messages = decode_batch(body)
+        check_addressing(messages, sender=sender, receiver=receiver.raft_id)
+        if messages:
+            receiver.receive(messages, sender_name)
+        return jsonify(accepted=len(messages)), 202
+
+    @bp.route(INFO_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def raft_info() -> tuple[Response, int]:
+        if request.method not in ("GET", "HEAD"):
+            _method_not_allowed("GET, HEAD")
+        receiver = receiver_or_503()
+        return jsonify(raft_id=receiver.raft_id, protocol=PROTOCOL_VERSION), 200
+
+    # JSON errors for this blueprint's routes only; the application's own handlers are untouched.
+    @bp.errorhandler(_Refusal)
+    def on_refusal(exc: _Refusal) -> Response:
+        return rejections.reply(exc.status, exc.code, str(exc), exc.headers)
+
+    @bp.errorhandler(WireFormatError)
+    def on_wire_error(exc: WireFormatError) -> Response:
+        return rejections.reply(400, exc.code, str(exc))
+
+    @bp.errorhandler(PeerAuthError)
+    def on_auth_error(exc: PeerAuthError) -> Response:
+        headers = {"WWW-Authenticate": 'CatgaHMAC realm="catga peer API"'}
+        return rejections.reply(401, "unauthorized", str(exc), headers)
+
+    @bp.errorhandler(HTTPException)
+    def on_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if isinstance(exc, RequestEntityTooLarge):
+            return _too_large(rejections, max_body_bytes)
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return rejections.reply(status, code, exc.description or exc.name or "error")
+
+    @bp.errorhandler(Exception)
+    def on_unexpected(exc: Exception) -> Response:
+        logger.exception("Peer RPC failed unexpectedly; nothing was delivered")
+        return rejections.reply(
+            500,
+            "internal_error",
+            f"The node failed to take the request ({type(exc).__name__}); see its log.",
+        )
+
+    return bp
+
+
+def _method_not_allowed(allowed: str) -> NoReturn:
+    raise _Refusal(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed on {request.path}; use {allowed}.",
+        {"Allow": allowed},
+    )
+
+
+def _read_body(limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestEntityTooLarge()  # decided from Content-Length, before reading anything
+    # Our own limit, not the application's MAX_CONTENT_LENGTH. A chunked body is readable only
+    # when the server dechunks it (``wsgi.input_terminated``); otherwise it reads as empty.
+    stream = get_input_stream(request.environ, max_content_length=limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = stream.read(min(_READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise RequestEntityTooLarge()
+    return b"".join(chunks)
+
+
+def _too_large(rejections: _RejectionLog, limit: int) -> Response:
+    return rejections.reply(
+        413,
+        "payload_too_large",
+        f"The request body exceeds this node's limit of {limit} bytes. Give every node the "
+        "same limit (max_message_bytes); senders split their batches to stay below it.",
+    )
+
+
+def _signed_path() -> str:
+    # The path the sender put in its URL: the mount point (SCRIPT_NAME) and the route.
+    return request.script_root + request.path
+
+
+def _auth_headers() -> dict[str, str]:
+    # The first value of each signed header (what ``headers.get`` and the signer agree on).
+    found = {}
+    for name in (HEADER_SENDER, HEADER_TIMESTAMP, HEADER_SIGNATURE):
+        value = request.headers.get(name)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def _sender_name() -> str | None:
+    name = request.headers.get(HEADER_NODE)
+    if name is None or name == "":
+        return None
+    if len(name) > MAX_NODE_NAME_LENGTH or not _PRINTABLE_ASCII.fullmatch(name):
+        raise _Refusal(
+            400,
+            "bad_header",
+            f"The {HEADER_NODE} header must be 1 to {MAX_NODE_NAME_LENGTH} printable ASCII "
+            "characters (the sending node's name).",
+        )
+    return name
+
+
+class _RejectionLog:
+    """Builds error replies and logs them: DEBUG each, WARNING at most once a minute per cause.
+
+    A misconfigured peer (wrong secret, wrong members list) retries many times a second; one
+    warning tells the operator, a thousand would bury the log.
+    """
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def reply(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        if 400 <= status < 500 and status != 405:
+            self._log(status, code, message)
+        response = jsonify(error=code, message=message)
+        response.status_code = status
+        for name, value in (headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    def _log(self, status: int, code: str, message: str) -> None:
+        remote = request.remote_addr or "?"
+        logger.debug("Refused peer request from %s: %d %s: %s", remote, status, code, message)
+        now = time.monotonic()
+        cause = (code, remote)
+        with self._lock:
+            if now - self._last.get(cause, -self.INTERVAL) < self.INTERVAL:
+                return
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[cause] = now
+        logger.warning("Refused a peer request from %s (%d %s): %s", remote, status, code, message)

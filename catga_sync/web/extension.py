@@ -1,0 +1,136 @@
+"""The Flask extension: ``CatgaCluster(app)`` or ``cluster.init_app(app)``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+from ..config import ClusterConfig
+from ..errors import CatgaError
+from ..node import ClusterNode
+from .blueprint import create_peer_blueprint
+from .ops import create_ops_blueprint
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
+
+    from ..coordinator import ClusterCoordinator
+
+log = logging.getLogger("catga_sync.web")
+
+EXTENSION_KEY = "catga"
+
+
+@dataclass
+class ClusterState:
+    """What the extension keeps per app, in ``app.extensions["catga"]``."""
+
+    cluster: CatgaCluster
+    config: ClusterConfig
+    node: ClusterNode
+
+
+class CatgaCluster:
+    """Joins a Flask app to a catga_sync cluster.
+
+    ``init_app`` reads ``CATGA_CLUSTER_*`` config (or takes a :class:`ClusterConfig`),
+    registers the peer RPC blueprint under ``/_catga`` and the operational routes
+    (``/health``, ``/livez``, ``/readyz``, ``/cluster``, ``/metrics``), and starts the node —
+    except in the Werkzeug reloader's watching process, where the app is only imported.
+    The extension never stores the app: per-app state lives in ``app.extensions["catga"]``.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        config: ClusterConfig | None = None,
+        scheduler: BaseScheduler | None = None,
+        ops_routes: bool = True,
+    ) -> None:
+        self._config = config
+        self._scheduler = scheduler
+        self._ops_routes = ops_routes
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise CatgaError(
+                "CatgaCluster is already registered on this app: call init_app() once per app "
+                "(create one CatgaCluster at module level and call init_app in your factory)"
+            )
+        config = self._config or ClusterConfig.from_flask_config(app.config)
+        node = ClusterNode(config, scheduler=self._scheduler, serve_http=False)
+        app.extensions[EXTENSION_KEY] = ClusterState(self, config, node)
+        app.register_blueprint(
+            create_peer_blueprint(
+                lambda: node if node.running else None,
+                secret=config.secret,
+                max_body_bytes=config.max_message_bytes,
+                signature_window=config.signature_window.total_seconds(),
+                url_prefix=config.url_prefix,
+            )
+        )
+        if self._ops_routes:
+            app.register_blueprint(create_ops_blueprint(lambda: node))
+        if not config.autostart:
+            return
+        if _in_reloader_parent(app):
+            log.info(
+                "catga_sync: not starting node %s in the reloader's watcher process; it starts "
+                "in the serving child",
+                config.node_id,
+            )
+            return
+        node.start()
+
+    # -- access from views and app code --------------------------------------------------------
+
+    @staticmethod
+    def state(app: Flask | None = None) -> ClusterState:
+        target = app or current_app
+        try:
+            state: ClusterState = target.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise CatgaError(
+                "this app has no CatgaCluster: call CatgaCluster(app) or cluster.init_app(app)"
+            ) from None
+        return state
+
+    def node_for(self, app: Flask | None = None) -> ClusterNode:
+        return self.state(app).node
+
+    @property
+    def node(self) -> ClusterNode:
+        """The current app's node (inside an app or request context)."""
+        return self.state().node
+
+    @property
+    def coordinator(self) -> ClusterCoordinator:
+        """The current app's coordinator (inside an app or request context)."""
+        return self.state().node.coordinator
+
+    def start(self, app: Flask | None = None) -> ClusterNode:
+        """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``)."""
+        return self.state(app).node.start()
+
+    def stop(self, app: Flask | None = None, **kwargs: Any) -> None:
+        """Stop the node, handing leadership over first when it leads."""
+        self.state(app).node.stop(**kwargs)
+
+
+def _in_reloader_parent(app: Flask) -> bool:
+    """True in the process that only watches files for the Werkzeug reloader.
+
+    The reloader runs the app in a child with ``WERKZEUG_RUN_MAIN=true``; in debug mode,
+    without that variable, we are (or may be) the watcher, which must not join the cluster.
+    (Debug mode without the reloader: call ``cluster.start()`` yourself.)
+    """
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        return False
+    return bool(app.debug)

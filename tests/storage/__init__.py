@@ -1,0 +1,1 @@
+"""The storage contract, run against every backend: memory, SQLite, PostgreSQL, MariaDB."""

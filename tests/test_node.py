@@ -1,0 +1,226 @@
+"""ClusterNode with real threads and real timers, wired by the in-memory network: elections,
+proposals, the coordinator's events, hand-off on stop, fork safety and misuse."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from catga_sync.config import ClusterConfig
+from catga_sync.coordinator import leader_elected, leader_lost
+from catga_sync.errors import CatgaError, NotLeaderError
+from catga_sync.node import ClusterNode
+from catga_sync.raft import Entry, Role
+from catga_sync.storage import MemoryStorage
+from catga_sync.transport.memory import MemoryNetwork, MemoryTransport
+
+ENDPOINTS = [f"http://localhost:{7100 + k}" for k in range(3)]
+WAIT = 10.0
+
+
+class Applied:
+    """An applier that records what each node applied, in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, entry: Entry) -> object:
+        with self.lock:
+            self.entries.append(entry.data)
+            return len(self.entries)
+
+
+class Cluster:
+    def __init__(self, size: int = 3) -> None:
+        self.network = MemoryNetwork()
+        self.applied: dict[str, Applied] = {}
+        self.storages: dict[str, MemoryStorage] = {}
+        self.nodes: list[ClusterNode] = []
+        for k in range(size):
+            self.nodes.append(self._make(k))
+
+    def _make(self, k: int) -> ClusterNode:
+        config = ClusterConfig(
+            local_node_endpoint=ENDPOINTS[k],
+            members=tuple(ENDPOINTS[: len(ENDPOINTS)]),
+            node_id=f"node{k}",
+            election_timeout=timedelta(milliseconds=150),
+            heartbeat_interval=timedelta(milliseconds=50),
+        )
+        storage = self.storages.setdefault(config.node_id, MemoryStorage(config.node_id))
+        applied = self.applied.setdefault(config.node_id, Applied())
+        node = ClusterNode(
+            config,
+            storage=storage,
+            transport=MemoryTransport(self.network, config.raft_id, config.node_id),
+            serve_http=False,
+            applier=applied,
+        )
+        return node
+
+    def start(self) -> None:
+        for node in self.nodes:
+            self.network.register(node)
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(transfer=False)
+
+    def running(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.running]
+
+    def leader(self, timeout: float = WAIT) -> ClusterNode:
+        def one_leader() -> ClusterNode | None:
+            leaders = [n for n in self.running() if n.status.is_leader]
+            return leaders[0] if len(leaders) == 1 else None
+
+        return wait_until(one_leader, timeout, "one leader")
+
+
+def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    event = threading.Event()
+    deadline = timeout
+    step = 0.01
+    waited = 0.0
+    while waited < deadline:
+        value = predicate()
+        if value:
+            return value
+        event.wait(step)
+        waited += step
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_three_nodes_elect_one_leader_and_agree_on_it(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    for node in cluster.nodes:
+        wait_until(lambda n=node: n.status.leader_endpoint == leader.raft_id, WAIT, "agreement")
+        assert node.coordinator.leader_endpoint == leader.raft_id
+    followers = [n for n in cluster.nodes if n is not leader]
+    assert all(n.status.role is Role.FOLLOWER for n in followers)
+    # The leader's name travels with its requests: followers learn "node0", not only its URL.
+    wait_until(
+        lambda: all(n.coordinator.leader_id == leader.node_id for n in followers),
+        WAIT,
+        "leader names",
+    )
+
+
+def test_a_proposal_is_applied_on_every_node_in_order(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    results = [leader.propose(f"cmd-{k}".encode(), timeout=WAIT) for k in range(20)]
+    assert results == list(range(1, 21))
+    for node in cluster.nodes:
+        wait_until(lambda n=node: len(cluster.applied[n.node_id].entries) == 20, WAIT, "apply")
+        assert cluster.applied[node.node_id].entries == [f"cmd-{k}".encode() for k in range(20)]
+
+
+def test_proposing_on_a_follower_names_the_leader(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not leader)
+    wait_until(lambda: follower.status.leader_endpoint == leader.raft_id, WAIT, "leader known")
+    with pytest.raises(NotLeaderError) as caught:
+        follower.propose(b"x", timeout=WAIT)
+    assert caught.value.leader_id == leader.raft_id
+    assert str(caught.value) == f"This node is not the leader. Leader: {leader.raft_id}"
+
+
+def test_read_barrier_waits_for_what_was_committed_before(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    leader.propose(b"written", timeout=WAIT)
+    follower = next(n for n in cluster.nodes if n is not leader)
+    index = follower.read_barrier(timeout=WAIT)
+    assert index >= leader.status.commit_index - 0  # the write is at or below it
+    assert b"written" in cluster.applied[follower.node_id].entries
+
+
+def test_stop_on_the_leader_hands_leadership_to_a_follower(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    term = leader.status.term
+    leader.stop()
+    new = cluster.leader()
+    assert new is not leader
+    assert new.status.term == term + 1  # a TimeoutNow campaign: one term, no split vote
+    leader.stop()  # idempotent
+
+
+def test_coordinator_events_run_off_the_raft_loop(cluster: Cluster) -> None:
+    seen: list[tuple[str, bool, str]] = []
+    done = threading.Event()
+    for node in cluster.nodes:
+
+        def record(is_leader: bool, n: ClusterNode = node) -> None:
+            seen.append((n.node_id, is_leader, threading.current_thread().name))
+            if is_leader:
+                done.set()
+
+        node.coordinator.on_leadership_change(record)
+        node.coordinator.on_leadership_change(lambda is_leader: 1 / 0)  # harms nothing
+    elected: list[int] = []
+    leader_elected.connect(lambda sender, term: elected.append(term), weak=False)
+    leader = cluster.leader()
+    assert done.wait(WAIT)
+    assert (leader.node_id, True) in [(n, flag) for n, flag, _ in seen]
+    assert all(thread.startswith("catga-events-") for _, _, thread in seen)
+    leader.stop()
+    wait_until(lambda: (leader.node_id, False) in [(n, f) for n, f, _ in seen], WAIT, "loss")
+    assert elected
+    leader_elected.receivers.clear()
+    leader_lost.receivers.clear()
+
+
+def test_wait_for_leader_returns_the_leader_endpoint(cluster: Cluster) -> None:
+    endpoint = cluster.nodes[0].coordinator.wait_for_leader(WAIT)
+    assert endpoint in ENDPOINTS
+
+
+def test_start_is_idempotent_and_a_stopped_node_cannot_restart(cluster: Cluster) -> None:
+    node = cluster.nodes[0]
+    assert node.start() is node
+    node.stop(transfer=False)
+    with pytest.raises(CatgaError, match="was stopped"):
+        node.start()
+
+
+def test_calls_on_a_node_that_is_not_running_say_so() -> None:
+    cluster = Cluster()
+    with pytest.raises(CatgaError, match="not running"):
+        cluster.nodes[0].propose(b"x", timeout=1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_node_refuses_to_run_in_a_forked_child(cluster: Cluster) -> None:
+    node = cluster.leader()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        try:
+            node.propose(b"from the child", timeout=1)
+            message = b"no error"
+        except CatgaError as exc:
+            message = str(exc).encode()
+        os.write(write, message)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert "cannot run in forked child" in message
+    assert node.propose(b"parent still fine", timeout=WAIT) is not None
