@@ -45,7 +45,13 @@ setup(
         "postgres": ["psycopg[binary]>=3.1"],
         "mysql": ["PyMySQL>=1.1"],
         "metrics": ["prometheus_client>=0.17"],
-        "test": ["pytest>=8", "pytest-cov", "pytest-xdist", "hypothesis"],
+        "test": [
+            "pytest>=8",
+            "pytest-cov",
+            "pytest-xdist",
+            "hypothesis",
+            "prometheus_client>=0.17",
+        ],
         "docs": ["sphinx>=7", "furo"],
     },
     classifiers=[

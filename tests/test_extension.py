@@ -1,0 +1,177 @@
+"""The Flask extension: registration, misuse, the reloader, and the operational routes."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from catga_sync.config import ClusterConfig
+from catga_sync.errors import CatgaError
+from catga_sync.web.extension import CatgaCluster
+from example_flask.__main__ import build_config, parse_args
+
+ENDPOINT = "http://localhost:7411"
+
+
+def make_app(**config: object) -> Flask:
+    app = Flask("test_extension")
+    app.config.update(CATGA_CLUSTER_LOCAL_NODE_ENDPOINT=ENDPOINT, CATGA_CLUSTER_NODE_ID="solo")
+    app.config.update(config)
+    return app
+
+
+@pytest.fixture
+def solo_app() -> Iterator[Flask]:
+    """A one-node cluster (it elects itself), started by init_app."""
+    app = make_app()
+    cluster = CatgaCluster(app)
+    try:
+        cluster.state(app).node.wait_for(lambda s: s.is_leader, 10)
+        yield app
+    finally:
+        cluster.stop(app)
+
+
+def test_init_app_registers_routes_and_starts_the_node(solo_app: Flask) -> None:
+    client = solo_app.test_client()
+    cluster = client.get("/cluster").get_json()
+    assert cluster["node_id"] == "solo"
+    assert cluster["role"] == "leader"
+    assert cluster["members"] == [ENDPOINT]
+    assert client.get("/health").status_code == 200
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    info = client.get("/_catga/raft/info")
+    assert info.status_code == 200
+
+
+def test_the_extension_keeps_its_state_in_app_extensions_not_on_itself(solo_app: Flask) -> None:
+    state = solo_app.extensions["catga"]
+    assert state.node.node_id == "solo"
+    cluster = state.cluster
+    assert not any(isinstance(v, Flask) for v in vars(cluster).values())
+    with solo_app.app_context():
+        assert cluster.coordinator.is_leader
+        assert cluster.node is state.node
+
+
+def test_registering_twice_says_what_to_do(solo_app: Flask) -> None:
+    with pytest.raises(CatgaError, match="already registered on this app"):
+        CatgaCluster(solo_app)
+
+
+def test_using_the_extension_on_an_app_without_it_says_what_to_do() -> None:
+    app = Flask("bare")
+    with app.app_context(), pytest.raises(CatgaError, match="init_app"):
+        CatgaCluster().node  # noqa: B018
+
+
+def test_bad_configuration_fails_at_init_app_not_at_the_first_election() -> None:
+    app = make_app(CATGA_CLUSTER_ELECTION_TIMEOUT="50ms")
+    with pytest.raises(CatgaError, match="ElectionTimeout"):
+        CatgaCluster(app)
+    assert "catga" not in app.extensions
+
+
+def test_the_reloader_watcher_process_does_not_start_the_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
+    app = make_app()
+    app.debug = True
+    cluster = CatgaCluster(app)
+    node = cluster.state(app).node
+    try:
+        assert not node.running
+        assert app.test_client().get("/health").status_code == 503
+        assert app.test_client().get("/livez").status_code == 503
+    finally:
+        cluster.stop(app)
+
+
+def test_the_reloader_child_starts_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")
+    app = make_app()
+    app.debug = True
+    cluster = CatgaCluster(app)
+    try:
+        assert cluster.state(app).node.running
+    finally:
+        cluster.stop(app)
+
+
+def test_autostart_off_leaves_starting_to_the_app() -> None:
+    app = make_app(CATGA_CLUSTER_AUTOSTART=False)
+    cluster = CatgaCluster(app)
+    node = cluster.state(app).node
+    assert not node.running
+    cluster.start(app)
+    try:
+        node.wait_for(lambda s: s.is_leader, 10)
+    finally:
+        cluster.stop(app)
+    assert not node.running
+
+
+def test_metrics_in_prometheus_text(solo_app: Flask) -> None:
+    pytest.importorskip("prometheus_client")
+    response = solo_app.test_client().get("/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert 'catga_is_leader{node_id="solo"} 1.0' in text
+    assert "catga_elections_total" in text
+    assert "catga_late_ticks_total" in text
+    assert 'catga_role{node_id="solo",role="leader"} 1.0' in text
+
+
+# -- the example's configuration: flags over the guide's environment variables ---------------
+
+
+def example_args(*argv: str) -> argparse.Namespace:
+    return parse_args(list(argv))
+
+
+def test_example_defaults_to_the_three_local_ports() -> None:
+    config = build_config(example_args("--cluster", "--port", "5001", "--node-id", "node1"), {})
+    assert config.node_id == "node1"
+    assert config.local_node_endpoint == "http://localhost:5001"
+    assert config.voters == {f"http://localhost:{p}" for p in (5000, 5001, 5002)}
+    assert config.persistent_state_path is None
+
+
+def test_example_honours_the_guides_environment_and_flags_win() -> None:
+    environ = {
+        "Cluster__LocalNodeEndpoint": "http://node0:5000",
+        "Cluster__Members__0": "http://node1:5000",
+        "Cluster__Members__1": "http://node2:5000",
+        "Cluster__PersistentStatePath": "/data/raft-state",
+        "Cluster__ElectionTimeout": "00:00:00.300",
+    }
+    config = build_config(example_args(), environ)
+    assert config.local_node_endpoint == "http://node0:5000"
+    assert config.voters == {"http://node0:5000", "http://node1:5000", "http://node2:5000"}
+    assert config.persistent_state_path == "/data/raft-state"
+    assert config.election_timeout.total_seconds() == 0.3
+    flagged = build_config(example_args("--election-timeout", "0.2", "--node-id", "n0"), environ)
+    assert flagged.election_timeout.total_seconds() == 0.2
+    assert flagged.node_id == "n0"
+
+
+def test_example_members_flag_overrides_the_default() -> None:
+    config = build_config(
+        example_args("--cluster", "--port", "6000", "--members", "http://a:1,http://b:2"), {}
+    )
+    assert config.voters == {"http://localhost:6000", "http://a:1", "http://b:2"}
+
+
+def test_cluster_config_object_can_be_passed_directly() -> None:
+    config = ClusterConfig(local_node_endpoint="http://localhost:7412", node_id="direct")
+    app = Flask("direct")
+    cluster = CatgaCluster(app, config=config)
+    try:
+        assert cluster.state(app).config is config
+    finally:
+        cluster.stop(app)
