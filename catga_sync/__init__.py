@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from .errors import (
     CatgaError,
     CommitTimeoutError,
@@ -19,6 +21,9 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+# Libraries log; applications decide where it goes (a NullHandler, as the logging HOWTO asks).
+logging.getLogger("catga_sync").addHandler(logging.NullHandler())
 
 __all__ = [
     "CatgaError",
