@@ -98,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level.upper() != "DEBUG":
+        # One access-log line per peer request (40 a second on a leader) drowns everything else.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         config = build_config(args, dict(os.environ))
         app = create_app(config)
