@@ -84,7 +84,15 @@ class CommitTimeoutError(CatgaError, TimeoutError):
     """A proposal was not applied in time; its outcome is unknown.
 
     Retrying with the same request id is safe: the state machine applies it at most once.
+    ``request_id`` names it, when there is one.
     """
+
+    def __init__(self, message: str = "", request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.request_id))
 
 
 class LockNotAcquiredError(CatgaError, TimeoutError):

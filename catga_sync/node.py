@@ -31,6 +31,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -38,8 +39,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import tenacity
+
 from .config import ClusterConfig
-from .errors import CatgaError, CommitTimeoutError, ProposalDroppedError, StorageError
+from .errors import (
+    CatgaError,
+    CommitTimeoutError,
+    ForwardingError,
+    NoLeaderError,
+    NotLeaderError,
+    ProposalDroppedError,
+    StorageError,
+)
+from .fsm import Outcome, ReplicatedState, StateMachine
 from .raft import (
     Entry,
     EntryType,
@@ -49,21 +61,26 @@ from .raft import (
     Ready,
     Role,
 )
+from .state import ClientSession
 from .storage import open_storage
 from .storage.base import Storage, persist_ready
 from .transport.base import Transport
+from .transport.proposals import ProposalClient
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
     from werkzeug.serving import BaseWSGIServer
 
     from .coordinator import ClusterCoordinator
+    from .state import StateHandle
 
 log = logging.getLogger("catga_sync.node")
 
 T = TypeVar("T")
+M = TypeVar("M", bound=StateMachine)
 
 _TICK = object()
+_RETRYABLE = (NotLeaderError, ProposalDroppedError, ForwardingError, CommitTimeoutError)
 _STOP = object()
 
 
@@ -106,6 +123,7 @@ class NodeStats:
     elections: int = 0
     leader_changes: int = 0
     readies: int = 0
+    snapshots: int = 0
     entries_persisted: int = 0
     bytes_persisted: int = 0
     messages_sent: int = 0
@@ -149,6 +167,7 @@ class ClusterNode:
         serve_http: bool = True,
         applier: Callable[[Entry], Any] | None = None,
         rng: random.Random | None = None,
+        session_ttl: float = 3600.0,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
@@ -159,7 +178,13 @@ class ClusterNode:
         self._storage = storage
         self._transport = transport
         self._serve_http = serve_http
-        self._applier = applier or (lambda entry: None)
+        self.state_machines = ReplicatedState(session_ttl=session_ttl)
+        """The replicated state machines and client sessions (see :mod:`catga_sync.fsm`)."""
+        self._applier = applier or self._apply_command
+        self._custom_applier = applier is not None
+        self._proposals: ProposalClient | None = None
+        self._client = ClientSession(f"{config.node_id}-{uuid.uuid4().hex[:12]}")
+        self._stopping_event = threading.Event()
         self._rng = rng or random.Random(hash((config.raft_id, os.getpid(), time.time_ns())))
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._core: RaftCore | None = None
@@ -221,6 +246,8 @@ class ClusterNode:
                 sqlite_synchronous=config.sqlite_synchronous,
             )
         persisted = self._storage.open()
+        if persisted.snapshot is not None and not self._custom_applier:
+            self.state_machines.restore(persisted.snapshot.data)
         self._core = RaftCore(config.raft_config(), rng=self._rng, persisted=persisted)
         if self._transport is None:
             from .transport.http import HttpTransport
@@ -261,6 +288,7 @@ class ClusterNode:
             if self._stopped or self._stopping:
                 return
             self._stopping = True
+            self._stopping_event.set()
         if transfer and self.running and self._forked_from is None:
             self._hand_off(timeout or 2 * self.config.election_timeout.total_seconds() + 0.5)
         with self._lifecycle:
@@ -363,6 +391,38 @@ class ClusterNode:
         for message in messages:
             self._inbox.put(message)
 
+    def register(self, machine: StateMachine) -> StateMachine:
+        """Register a replicated state machine. Every node must register the same machines,
+        before :meth:`start`, so that the log replays into them from the first entry."""
+        if self._started:
+            raise CatgaError(
+                f"register state machine {type(machine).__name__} before starting node "
+                f"{self.node_id}: entries replayed at start would otherwise miss it"
+            )
+        return self.state_machines.register(machine)
+
+    def state(self, machine: type[M] | M, *, timeout: float | None = None) -> StateHandle[M]:
+        """A handle to call the registered state machine ``machine`` (class or instance)."""
+        from .state import StateHandle
+
+        found = self._find_machine(machine)
+        return StateHandle(self, found, self._client, timeout=timeout)
+
+    def _find_machine(self, machine: Any) -> Any:
+        for registered in self.state_machines.machines.values():
+            if registered is machine or type(registered) is machine:
+                return registered
+        name = getattr(machine, "__name__", type(machine).__name__)
+        raise CatgaError(
+            f"state machine {name} is not registered on node {self.node_id}: register an "
+            "instance with node.register(...) (or CatgaCluster(state_machines=[...])) before start"
+        )
+
+    def run_on_loop(self, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+        """Run ``fn()`` on the Raft loop, between two batches (state machines are consistent
+        there), and return its result."""
+        return self._call(lambda core: fn(), self._default_timeout(timeout))
+
     def propose(self, data: bytes, *, timeout: float | None = None) -> Any:
         """Append ``data`` to the log through this node (which must lead) and wait until it is
         applied here; returns what the applier returned for it.
@@ -371,23 +431,76 @@ class ClusterNode:
         :class:`~catga_sync.errors.CommitTimeoutError` when the entry is not applied in time
         (its outcome is then unknown).
         """
+        return self.propose_indexed(data, timeout=timeout)[1]
+
+    def propose_indexed(self, data: bytes, *, timeout: float | None = None) -> tuple[int, Any]:
+        """Like :meth:`propose`, and also return the entry's log index."""
         timeout = self._default_timeout(timeout)
         deadline = time.monotonic() + timeout
 
-        def append(core: RaftCore) -> Future[Any]:
+        def append(core: RaftCore) -> tuple[int, Future[Any]]:
             entry = core.propose(data)
             waiter = _Waiter(entry.term, Future())
             self._waiters[entry.index] = waiter
-            return waiter.future
+            return entry.index, waiter.future
 
-        applied: Future[Any] = self._call(append, timeout)
+        index, applied = self._call(append, timeout)
         try:
-            return applied.result(max(0.0, deadline - time.monotonic()))
+            return index, applied.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             raise CommitTimeoutError(
                 f"the proposal was not applied within {timeout:.2f}s; its outcome is unknown. "
                 "Retrying with the same request id is safe."
             ) from None
+
+    def submit(self, data: bytes, *, timeout: float | None = None) -> Outcome:
+        """Run a command entry (:func:`catga_sync.fsm.encode_command`) through the cluster from
+        any node, and return its outcome once it is applied *on this node*.
+
+        On the leader it is proposed here; on a follower it is forwarded to the leader. A lost
+        answer, a leader change or a new election is retried with the same bytes — the same
+        (client, seq) request id — until ``timeout``, so the command is applied at most once.
+        Raises :class:`~catga_sync.errors.CommitTimeoutError` when its outcome is unknown.
+        """
+        timeout = self._default_timeout(timeout)
+        deadline = time.monotonic() + timeout
+
+        def attempt() -> Outcome:
+            remaining = deadline - time.monotonic()
+            if self._status.is_leader:
+                return Outcome.coerce(self.propose_indexed(data, timeout=remaining)[1])
+            leader = self._status.leader_endpoint
+            if leader is None or leader == self.raft_id:
+                raise NoLeaderError()
+            index, outcome = self._proposal_client().forward(leader, data, remaining)
+            self.wait_applied(index, max(0.0, deadline - time.monotonic()))
+            return Outcome.from_json(outcome)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_when_event_set(self._stopping_event) | _stop_at(deadline),
+            wait=tenacity.wait_exponential(multiplier=0.005, max=0.2)
+            + tenacity.wait_random(0, 0.005),
+            retry=tenacity.retry_if_exception_type(_RETRYABLE),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _RETRYABLE as exc:
+            raise CommitTimeoutError(
+                f"the command was not applied within {timeout:.2f}s ({exc}); its outcome is "
+                "unknown. Retrying with the same request id is safe."
+            ) from exc
+
+    def _proposal_client(self) -> ProposalClient:
+        if self._proposals is None:
+            self._proposals = ProposalClient(
+                sender_id=self.raft_id,
+                sender_name=self.node_id,
+                secret=self.config.secret,
+                url_prefix=self.config.url_prefix,
+                connect_timeout=max(self.config.election_timeout.total_seconds(), 0.1),
+            )
+        return self._proposals
 
     def read_barrier(self, *, timeout: float | None = None) -> int:
         """Wait until this node has applied everything committed before the call (a
@@ -519,7 +632,7 @@ class ClusterNode:
         storage, transport = self._storage, self._transport
         assert storage is not None and transport is not None
         changed = False
-        while core.has_ready():
+        while core.has_ready() or self._maybe_compact(core):
             ready = core.ready()
             self.stats.readies += 1
             if ready.early_messages:
@@ -569,8 +682,30 @@ class ClusterNode:
                 waiter_read.index = read.index
         self._release_reads()
 
+    def _apply_command(self, entry: Entry) -> Outcome:
+        return self.state_machines.apply(entry.index, entry.data)
+
     def _restore_snapshot(self, data: bytes, index: int) -> None:
-        """Hook for replicated state machines (they restore from a leader's snapshot)."""
+        if not self._custom_applier:
+            self.state_machines.restore(data)
+
+    def _maybe_compact(self, core: RaftCore) -> bool:
+        """Snapshot the replicated state and compact the log every ``snapshot_every`` entries."""
+        every = self.config.snapshot_every
+        if self._custom_applier or core.applied_index - core.log.offset < every:
+            return False
+        core.compact(core.applied_index, self.state_machines.snapshot())
+        self.stats.snapshots += 1
+        return True
+
+    def wait_applied(self, index: int, timeout: float) -> None:
+        """Block until this node has applied ``index``; raises CommitTimeoutError."""
+        try:
+            self.wait_for(lambda s: s.last_applied >= index, timeout)
+        except TimeoutError:
+            raise CommitTimeoutError(
+                f"node {self.node_id} did not apply index {index} within {timeout:.2f}s"
+            ) from None
 
     def _release_reads(self) -> None:
         core = self._core
@@ -724,6 +859,16 @@ class ClusterNode:
 
     def _after_fork_in_child(self) -> None:
         self._forked_from = self._pid
+
+
+def _stop_at(deadline: float) -> tenacity.stop.stop_base:
+    """Stop retrying once the monotonic ``deadline`` has passed."""
+
+    class _StopAt(tenacity.stop.stop_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+            return time.monotonic() >= deadline
+
+    return _StopAt()
 
 
 def _replace_running(status: NodeStatus, running: bool) -> NodeStatus:

@@ -7,7 +7,7 @@ handed to a :class:`PeerReceiver`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..raft import Message
 
@@ -33,4 +33,13 @@ class PeerReceiver(Protocol):
 
     def receive(self, messages: Sequence[Message], sender_name: str | None) -> None:
         """Queue validated messages for the Raft loop; returns at once."""
+        ...
+
+
+@runtime_checkable
+class ProposalReceiver(Protocol):
+    """A node that takes proposals forwarded by followers (when it leads)."""
+
+    def propose_indexed(self, data: bytes, *, timeout: float | None = None) -> tuple[int, Any]:
+        """Append ``data``, wait until applied; return its index and its outcome."""
         ...

@@ -18,8 +18,16 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from ..errors import CatgaError, ConfigError, PeerAuthError
-from ..transport.base import PeerReceiver
+from ..errors import (
+    CatgaError,
+    CommitTimeoutError,
+    ConfigError,
+    NotLeaderError,
+    PeerAuthError,
+    ProposalDroppedError,
+)
+from ..transport.base import PeerReceiver, ProposalReceiver
+from ..transport.proposals import PROPOSE_PATH, decode_proposal, outcome_json
 from ..transport.signing import ReplayGuard, verify
 from ..transport.wire import (
     DEFAULT_URL_PREFIX,
@@ -105,8 +113,9 @@ def create_peer_blueprint(
             )
         return receiver
 
-    @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
-    def raft() -> tuple[Response, int]:
+    def authenticated_body() -> tuple[bytes, str]:
+        """The request body and its sender, once the size, the signature and the sender are
+        checked (the same checks for every peer route)."""
         if request.method != "POST":
             _method_not_allowed("POST")
         body = _read_body(max_body_bytes)
@@ -123,6 +132,11 @@ def create_peer_blueprint(
                 f"The {HEADER_SENDER} header is missing; it must hold the sending node's Raft id "
                 "(its normalized endpoint, such as http://node1:5000).",
             )
+        return body, sender
+
+    @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def raft() -> tuple[Response, int]:
+        body, sender = authenticated_body()
         sender_name = _sender_name()
         receiver = receiver_or_503()
         messages = decode_batch(body)
@@ -130,6 +144,25 @@ def create_peer_blueprint(
         if messages:
             receiver.receive(messages, sender_name)
         return jsonify(accepted=len(messages)), 202
+
+    @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def propose() -> tuple[Response, int]:
+        body, _sender = authenticated_body()
+        receiver = receiver_or_503()
+        data, timeout = decode_proposal(body)
+        if not isinstance(receiver, ProposalReceiver):
+            raise _Refusal(501, "not_supported", "This node does not take forwarded proposals.")
+        try:
+            index, outcome = receiver.propose_indexed(data, timeout=timeout)
+        except NotLeaderError as exc:
+            return jsonify(
+                error="not_leader", message=str(exc), leader=exc.leader_endpoint or exc.leader_id
+            ), 409
+        except CommitTimeoutError as exc:
+            return jsonify(error="commit_timeout", message=str(exc)), 504
+        except ProposalDroppedError as exc:
+            return jsonify(error="proposal_dropped", message=str(exc)), 409
+        return jsonify(index=index, outcome=outcome_json(outcome)), 200
 
     @bp.route(INFO_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def raft_info() -> tuple[Response, int]:

@@ -1,0 +1,246 @@
+"""Replicated state machines on three real nodes talking HTTP on loopback: commands from the
+leader and from followers, errors across the hop, linearizable and local reads, request ids,
+snapshots."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from e2e.harness import free_ports
+
+from catga_sync.config import ClusterConfig
+from catga_sync.errors import CatgaError
+from catga_sync.fsm import StateMachine, UnknownCommandError, command, query
+from catga_sync.kv import ReplicatedDict
+from catga_sync.node import ClusterNode
+from catga_sync.storage import MemoryStorage
+
+WAIT = 10.0
+
+
+class OrderNotFound(KeyError):
+    """Raised by the Orders machine (a user-defined error type crossing the hop)."""
+
+
+class Orders(StateMachine):
+    name = "orders"
+
+    def __init__(self) -> None:
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.next_id = 1
+
+    @command
+    def create(self, customer: str, amount: float) -> dict[str, Any]:
+        if amount <= 0:
+            raise ValueError(f"amount must be positive, not {amount}")
+        order = {"id": str(self.next_id), "customer": customer, "amount": amount, "version": 1}
+        self.orders[order["id"]] = order
+        self.next_id += 1
+        return order
+
+    @command
+    def cancel(self, order_id: str) -> dict[str, Any]:
+        if order_id not in self.orders:
+            raise OrderNotFound(order_id)
+        self.orders[order_id]["status"] = "cancelled"
+        return self.orders[order_id]
+
+    @query
+    def get(self, order_id: str) -> dict[str, Any] | None:
+        return self.orders.get(order_id)
+
+    @query
+    def count(self) -> int:
+        return len(self.orders)
+
+
+class Cluster:
+    def __init__(self, snapshot_every: int = 10_000) -> None:
+        ports = free_ports(3)
+        members = tuple(f"http://127.0.0.1:{p}" for p in ports)
+        self.storages = [MemoryStorage(f"node{k}") for k in range(3)]
+        self.configs = [
+            ClusterConfig(
+                local_node_endpoint=members[k],
+                members=members,
+                node_id=f"node{k}",
+                election_timeout=timedelta(milliseconds=150),
+                heartbeat_interval=timedelta(milliseconds=50),
+                snapshot_every=snapshot_every,
+            )
+            for k in range(3)
+        ]
+        self.nodes = [self._node(k) for k in range(3)]
+
+    def _node(self, k: int) -> ClusterNode:
+        node = ClusterNode(self.configs[k], storage=self.storages[k])
+        node.register(Orders())
+        node.register(ReplicatedDict())
+        return node
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def restart(self, k: int) -> ClusterNode:
+        self.nodes[k].stop(transfer=False)
+        self.nodes[k] = self._node(k)
+        return self.nodes[k].start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(transfer=False)
+
+    def leader(self) -> ClusterNode:
+        node = self.nodes[0]
+        endpoint = node.coordinator.wait_for_leader(WAIT)
+        leader = next(n for n in self.nodes if n.raft_id == endpoint)
+        leader.wait_for(lambda s: s.is_leader and s.commit_term == s.term, WAIT)
+        return leader
+
+    def follower(self) -> ClusterNode:
+        leader = self.leader()
+        follower = next(n for n in self.nodes if n is not leader and n.running)
+        follower.wait_for(lambda s: s.leader_endpoint == leader.raft_id, WAIT)
+        return follower
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_a_command_on_the_leader_is_applied_everywhere(cluster: Cluster) -> None:
+    orders = cluster.leader().state(Orders)
+    order = orders.create("ada", 12.5)
+    assert order == {"id": "1", "customer": "ada", "amount": 12.5, "version": 1}
+    for node in cluster.nodes:
+        assert node.state(Orders).get("1") == order  # linearizable on every node
+
+
+def test_a_command_on_a_follower_is_forwarded_and_applied_here_before_returning(
+    cluster: Cluster,
+) -> None:
+    follower = cluster.follower()
+    order = follower.state(Orders).create("bob", 3)
+    # Applied on this follower already: a local (stale) read sees it at once.
+    assert follower.state(Orders).local.get(order["id"]) == order
+
+
+def test_an_error_in_apply_reaches_the_caller_with_its_type_and_message(
+    cluster: Cluster,
+) -> None:
+    for node in (cluster.leader(), cluster.follower()):
+        with pytest.raises(ValueError, match="amount must be positive, not -1"):
+            node.state(Orders).create("eve", -1)
+        with pytest.raises(OrderNotFound):
+            node.state(Orders).cancel("404")
+    # Nothing was created, identically on every node.
+    for node in cluster.nodes:
+        assert node.state(Orders).count() == 0
+
+
+def test_non_json_arguments_are_refused_before_anything_is_proposed(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    before = leader.status.commit_index
+    with pytest.raises(TypeError, match="must be JSON"):
+        leader.state(Orders).create("x", object())
+    with pytest.raises(TypeError, match="must be JSON"):
+        leader.state(Orders).create("x", float("nan"))
+    assert leader.status.commit_index == before
+
+
+def test_unknown_methods_say_what_exists(cluster: Cluster) -> None:
+    with pytest.raises(AttributeError, match="commands: \\['cancel', 'create'\\]"):
+        cluster.leader().state(Orders).delete("1")  # type: ignore[attr-defined]
+
+
+def test_unregistered_state_machines_are_refused(cluster: Cluster) -> None:
+    class Other(StateMachine):
+        name = "other"
+
+    with pytest.raises(CatgaError, match="not registered"):
+        cluster.leader().state(Other)
+    with pytest.raises(CatgaError, match="before starting"):
+        cluster.leader().register(Other())
+
+
+def test_a_repeated_request_id_is_applied_once(cluster: Cluster) -> None:
+    leader, follower = cluster.leader(), cluster.follower()
+    first = follower.state(Orders).with_request_id("order-key-1").create("cy", 7)
+    again = leader.state(Orders).with_request_id("order-key-1").create("cy", 7)
+    assert again == first
+    assert leader.state(Orders).count() == 1
+
+
+def test_concurrent_commands_from_every_node_all_apply_once(cluster: Cluster) -> None:
+    cluster.leader()
+    errors: list[BaseException] = []
+
+    def work(node: ClusterNode, k: int) -> None:
+        try:
+            for n in range(10):
+                node.state(ReplicatedDict).increment("hits")
+                node.state(ReplicatedDict).set(f"{node.node_id}-{k}-{n}", n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(node, k)) for node in cluster.nodes for k in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    kv = cluster.nodes[2].state(ReplicatedDict)
+    assert kv.get("hits") == 60
+    assert kv.size() == 61
+
+
+def test_reads_never_go_back_in_time_for_a_client_hopping_between_nodes(
+    cluster: Cluster,
+) -> None:
+    cluster.leader()
+    for n in range(15):
+        writer = cluster.nodes[n % 3]
+        writer.state(ReplicatedDict).set("seen", n)
+        for reader in cluster.nodes:
+            assert reader.state(ReplicatedDict).get("seen") == n
+
+
+def test_unknown_command_entries_fail_cleanly(cluster: Cluster) -> None:
+    from catga_sync.fsm import encode_command
+
+    leader = cluster.leader()
+    data = encode_command("orders", "nope", [], {}, client=None, seq=None, ack=None, time=0.0)
+    with pytest.raises(UnknownCommandError):
+        leader.submit(data).unwrap()
+
+
+def test_snapshots_compact_the_log_and_a_restarted_node_recovers_from_one() -> None:
+    c = Cluster(snapshot_every=20)
+    c.start()
+    try:
+        leader = c.leader()
+        kv = leader.state(ReplicatedDict)
+        for n in range(70):
+            kv.set(f"k{n}", n)
+        assert leader.stats.snapshots >= 3
+        follower = c.follower()
+        k = c.nodes.index(follower)
+        restarted = c.restart(k)
+        restarted.wait_for(lambda s: s.last_applied >= leader.status.commit_index, WAIT)
+        assert restarted.state(ReplicatedDict).local.get("k69") == 69
+        assert restarted.state(ReplicatedDict).local.size() == 70
+    finally:
+        c.stop()
