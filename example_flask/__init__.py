@@ -27,7 +27,7 @@ def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flas
 
     @app.get("/")
     def index() -> Any:
-        coordinator = CatgaCluster.state().node.coordinator
+        coordinator = CatgaCluster.state_of().node.coordinator
         return jsonify(
             service="example_flask OrderSystem",
             node_id=coordinator.node_id,

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CatgaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    node = CatgaCluster.state(app).node
+    node = CatgaCluster.state_of(app).node
     for k in range(args.burn_threads):
         threading.Thread(target=burn_cpu, name=f"burn-{k}", daemon=True).start()
     port = args.port or int(config.local_node_endpoint.rsplit(":", 1)[1])

@@ -29,7 +29,7 @@ def solo_app() -> Iterator[Flask]:
     app = make_app()
     cluster = CatgaCluster(app)
     try:
-        cluster.state(app).node.wait_for(lambda s: s.is_leader, 10)
+        cluster.state_of(app).node.wait_for(lambda s: s.is_leader, 10)
         yield app
     finally:
         cluster.stop(app)
@@ -83,7 +83,7 @@ def test_the_reloader_watcher_process_does_not_start_the_node(
     app = make_app()
     app.debug = True
     cluster = CatgaCluster(app)
-    node = cluster.state(app).node
+    node = cluster.state_of(app).node
     try:
         assert not node.running
         assert app.test_client().get("/health").status_code == 503
@@ -98,7 +98,7 @@ def test_the_reloader_child_starts_the_node(monkeypatch: pytest.MonkeyPatch) -> 
     app.debug = True
     cluster = CatgaCluster(app)
     try:
-        assert cluster.state(app).node.running
+        assert cluster.state_of(app).node.running
     finally:
         cluster.stop(app)
 
@@ -106,7 +106,7 @@ def test_the_reloader_child_starts_the_node(monkeypatch: pytest.MonkeyPatch) -> 
 def test_autostart_off_leaves_starting_to_the_app() -> None:
     app = make_app(CATGA_CLUSTER_AUTOSTART=False)
     cluster = CatgaCluster(app)
-    node = cluster.state(app).node
+    node = cluster.state_of(app).node
     assert not node.running
     cluster.start(app)
     try:
@@ -172,6 +172,6 @@ def test_cluster_config_object_can_be_passed_directly() -> None:
     app = Flask("direct")
     cluster = CatgaCluster(app, config=config)
     try:
-        assert cluster.state(app).config is config
+        assert cluster.state_of(app).config is config
     finally:
         cluster.stop(app)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app
 
 from ..config import ClusterConfig
 from ..errors import CatgaError
+from ..fsm import StateMachine
 from ..node import ClusterNode
 from .blueprint import create_peer_blueprint
 from .ops import create_ops_blueprint
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
     from ..coordinator import ClusterCoordinator
+    from ..state import StateHandle
+
+M = TypeVar("M", bound=StateMachine)
 
 log = logging.getLogger("catga_sync.web")
 
@@ -51,10 +56,12 @@ class CatgaCluster:
         config: ClusterConfig | None = None,
         scheduler: BaseScheduler | None = None,
         ops_routes: bool = True,
+        state_machines: Sequence[StateMachine | type[StateMachine]] = (),
     ) -> None:
         self._config = config
         self._scheduler = scheduler
         self._ops_routes = ops_routes
+        self._state_machines = tuple(state_machines)
         if app is not None:
             self.init_app(app)
 
@@ -66,6 +73,9 @@ class CatgaCluster:
             )
         config = self._config or ClusterConfig.from_flask_config(app.config)
         node = ClusterNode(config, scheduler=self._scheduler, serve_http=False)
+        for machine in self._state_machines:
+            # A class gets a fresh instance per app: two apps must not share state.
+            node.register(machine() if isinstance(machine, type) else machine)
         app.extensions[EXTENSION_KEY] = ClusterState(self, config, node)
         app.register_blueprint(
             create_peer_blueprint(
@@ -92,7 +102,7 @@ class CatgaCluster:
     # -- access from views and app code --------------------------------------------------------
 
     @staticmethod
-    def state(app: Flask | None = None) -> ClusterState:
+    def state_of(app: Flask | None = None) -> ClusterState:
         target = app or current_app
         try:
             state: ClusterState = target.extensions[EXTENSION_KEY]
@@ -103,25 +113,29 @@ class CatgaCluster:
         return state
 
     def node_for(self, app: Flask | None = None) -> ClusterNode:
-        return self.state(app).node
+        return self.state_of(app).node
 
     @property
     def node(self) -> ClusterNode:
         """The current app's node (inside an app or request context)."""
-        return self.state().node
+        return self.state_of().node
 
     @property
     def coordinator(self) -> ClusterCoordinator:
         """The current app's coordinator (inside an app or request context)."""
-        return self.state().node.coordinator
+        return self.state_of().node.coordinator
+
+    def state(self, machine: type[M] | M, app: Flask | None = None) -> StateHandle[M]:
+        """A handle on a registered state machine of the current app's node."""
+        return self.state_of(app).node.state(machine)
 
     def start(self, app: Flask | None = None) -> ClusterNode:
         """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``)."""
-        return self.state(app).node.start()
+        return self.state_of(app).node.start()
 
     def stop(self, app: Flask | None = None, **kwargs: Any) -> None:
         """Stop the node, handing leadership over first when it leads."""
-        self.state(app).node.stop(**kwargs)
+        self.state_of(app).node.stop(**kwargs)
 
 
 def _in_reloader_parent(app: Flask) -> bool:
