@@ -86,8 +86,10 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def idle_run(state: Path, seconds: float, burn: int) -> tuple[int, list[float], list[float]]:
-    extra = ["--burn-threads", str(burn)] if burn else []
+def idle_run(
+    state: Path, seconds: float, burn: int, timing: list[str]
+) -> tuple[int, list[float], list[float]]:
+    extra = (["--burn-threads", str(burn)] if burn else []) + timing
     cluster = ExampleCluster(state, extra_args=extra)
     cluster.start()
     try:
@@ -110,17 +112,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--election-timeout", default="0.15", help="seconds")
+    parser.add_argument("--heartbeat-interval", default="0.05", help="seconds")
+    parser.add_argument("--idle-only", action="store_true", help="skip the failover runs")
     args = parser.parse_args()
+    timing = [
+        "--election-timeout",
+        args.election_timeout,
+        "--heartbeat-interval",
+        args.heartbeat_interval,
+    ]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}; election 150 ms, heartbeat 50 ms; SQLite FULL"
+        f"{platform.python_version()}; election {float(args.election_timeout) * 1000:.0f} ms, "
+        f"heartbeat {float(args.heartbeat_interval) * 1000:.0f} ms; SQLite FULL"
     )
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kill").mkdir()
-        cluster = ExampleCluster(Path(tmp) / "kill")
-        cluster.start()
+        cluster = ExampleCluster(Path(tmp) / "kill", extra_args=timing)
+        if not args.idle_only:
+            cluster.start()
         try:
-            for graceful in (False, True):
+            for graceful in (False, True) if not args.idle_only else ():
                 times = [one_failover(cluster, graceful) for _ in range(args.kills)]
                 what = "graceful stop (SIGTERM, hand-off)" if graceful else "SIGKILL of leader"
                 print(
@@ -134,7 +147,7 @@ def main() -> None:
         for burn in (0, 1):
             state = Path(tmp) / f"idle{burn}"
             state.mkdir()
-            changes, cpu, rss = idle_run(state, args.idle, burn)
+            changes, cpu, rss = idle_run(state, args.idle, burn, timing)
             label = "with a CPU-burning thread per node" if burn else "idle"
             print(f"term changes over {args.idle:.0f} s, {label}: {changes}")
             if not burn:

@@ -46,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["persistent_state_path"] = args.state
     if args.secret:
         overrides["secret"] = args.secret
+    done = threading.Event()
+
+    def shut_down(_signum: int, _frame: object) -> None:
+        done.set()
+
+    # Before the node starts: a SIGTERM during start-up must still stop it gracefully.
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
     try:
         if any(key.lower().startswith("cluster__") for key in os.environ):
             config = ClusterConfig.from_env(os.environ, **overrides)
@@ -55,13 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CatgaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    done = threading.Event()
-
-    def shut_down(_signum: int, _frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, shut_down)
-    signal.signal(signal.SIGINT, shut_down)
     print(f"{config.node_id} serving {config.local_node_endpoint}", flush=True)
     done.wait()
     node.stop()

@@ -81,6 +81,11 @@ class ClusterCoordinator:
     def status(self) -> NodeStatus:
         return self._node.status
 
+    @property
+    def node(self) -> ClusterNode:
+        """The node this coordinator reports on (the forwarding behaviors use its config)."""
+        return self._node
+
     # -- events ---------------------------------------------------------------------------------
 
     def on_leadership_change(self, callback: LeadershipCallback) -> LeadershipCallback:

@@ -52,6 +52,7 @@ from .errors import (
     StorageError,
 )
 from .fsm import Outcome, ReplicatedState, StateMachine
+from .idempotency import IdempotencyTable
 from .raft import (
     Entry,
     EntryType,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
     from .coordinator import ClusterCoordinator
+    from .mediator import Mediator
     from .state import StateHandle
 
 log = logging.getLogger("catga_sync.node")
@@ -149,6 +151,15 @@ class _Call:
     future: Future[Any] = field(default_factory=Future)
 
 
+@dataclass
+class _Proposal:
+    """A command for the log. The loop appends every proposal it drains in one go
+    (``propose_many``): one entry batch, one AppendEntries per follower, one fsync."""
+
+    data: bytes
+    future: Future[tuple[int, Future[Any]]] = field(default_factory=Future)
+
+
 class ClusterNode:
     """One member of a catga_sync cluster.
 
@@ -168,8 +179,11 @@ class ClusterNode:
         applier: Callable[[Entry], Any] | None = None,
         rng: random.Random | None = None,
         session_ttl: float = 3600.0,
+        mediator: Mediator | None = None,
     ) -> None:
         self.config = config
+        self.mediator = mediator
+        """Runs commands forwarded to ``POST {url_prefix}/forward`` (the embedded server's)."""
         self.node_id = config.node_id
         self.raft_id = config.raft_id
         self.stats = NodeStats()
@@ -201,6 +215,7 @@ class ClusterNode:
         self._forked_from: int | None = None
         self._names: dict[str, str] = {self.raft_id: self.node_id}
         self._waiters: dict[int, _Waiter] = {}
+        self._proposals_drained: list[_Proposal] = []
         self._reads: dict[str, _ReadWaiter] = {}
         self._read_ids = itertools.count()
         self._tick_seconds = config.tick.total_seconds()
@@ -245,6 +260,8 @@ class ClusterNode:
                 table_prefix=config.table_prefix,
                 sqlite_synchronous=config.sqlite_synchronous,
             )
+        if self.mediator is not None and IdempotencyTable.name not in self.state_machines.machines:
+            self.state_machines.register(IdempotencyTable())  # forwarded commands' outcomes
         persisted = self._storage.open()
         if persisted.snapshot is not None and not self._custom_applier:
             self.state_machines.restore(persisted.snapshot.data)
@@ -437,14 +454,10 @@ class ClusterNode:
         """Like :meth:`propose`, and also return the entry's log index."""
         timeout = self._default_timeout(timeout)
         deadline = time.monotonic() + timeout
-
-        def append(core: RaftCore) -> tuple[int, Future[Any]]:
-            entry = core.propose(data)
-            waiter = _Waiter(entry.term, Future())
-            self._waiters[entry.index] = waiter
-            return entry.index, waiter.future
-
-        index, applied = self._call(append, timeout)
+        if not isinstance(data, bytes):
+            raise TypeError(f"a proposal must be bytes, not {type(data).__name__}")
+        proposal = _Proposal(data)
+        index, applied = self._on_loop(proposal, proposal.future, timeout)
         try:
             return index, applied.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
@@ -542,16 +555,21 @@ class ClusterNode:
 
     def _call(self, fn: Callable[[RaftCore], T], timeout: float) -> T:
         """Run ``fn(core)`` on the Raft loop and return its result (or raise its error)."""
+        call = _Call(fn)
+        result: T = self._on_loop(call, call.future, timeout)
+        return result
+
+    def _on_loop(self, event: object, future: Future[T], timeout: float) -> T:
+        """Queue ``event`` for the Raft loop and wait for its ``future``."""
         self._check_process()
         if not self.running:
             raise CatgaError(
                 f"node {self.node_id} is not running"
                 + (f" (it failed: {self._failure})" if self._failure else "; call start() first")
             )
-        call = _Call(fn)
-        self._inbox.put(call)
+        self._inbox.put(event)
         try:
-            result: T = call.future.result(timeout)
+            result = future.result(timeout)
         except FutureTimeout:
             raise CommitTimeoutError(
                 f"the Raft loop of node {self.node_id} did not answer within {timeout:.2f}s"
@@ -583,9 +601,11 @@ class ClusterNode:
                     except queue.Empty:
                         break
                     if event is _STOP:
+                        self._append_proposals(core)
                         self._process_ready(core)
                         return
                     self._handle(core, event)
+                self._append_proposals(core)
                 self._tick(core)
                 self._process_ready(core)
         except BaseException as exc:  # a storage failure or a bug: stop, loudly
@@ -602,6 +622,10 @@ class ClusterNode:
     def _handle(self, core: RaftCore, event: object) -> None:
         if event is _TICK:
             return  # a wake-up: the loop runs whatever ticks are due after each batch
+        if isinstance(event, _Proposal):
+            self._proposals_drained.append(event)
+            return
+        self._append_proposals(core)  # keep the order of proposals and other calls
         if isinstance(event, _Call):
             try:
                 event.future.set_result(event.fn(core))
@@ -614,6 +638,23 @@ class ClusterNode:
             except CatgaError as exc:
                 self.stats.invalid_messages += 1
                 log.debug("node %s dropped a message: %s", self.node_id, exc)
+
+    def _append_proposals(self, core: RaftCore) -> None:
+        """Append the proposals drained so far as one batch and answer each with its index."""
+        batch = self._proposals_drained
+        if not batch:
+            return
+        self._proposals_drained = []
+        try:
+            entries = core.propose_many([p.data for p in batch])
+        except BaseException as exc:  # not the leader (any more): every one of them fails
+            for proposal in batch:
+                proposal.future.set_exception(exc)
+            return
+        for proposal, entry in zip(batch, entries, strict=True):
+            waiter = _Waiter(entry.term, Future())
+            self._waiters[entry.index] = waiter
+            proposal.future.set_result((entry.index, waiter.future))
 
     def _tick(self, core: RaftCore) -> None:
         """Run the ticks that elapsed on the monotonic clock since the last ones."""
@@ -735,6 +776,10 @@ class ClusterNode:
         for read in reads.values():
             if not read.future.done():
                 read.future.set_exception(error)
+        drained, self._proposals_drained = self._proposals_drained, []
+        for proposal in drained:
+            if not proposal.future.done():
+                proposal.future.set_exception(error)
 
     # ========================================================================================
     # Status

@@ -1,19 +1,89 @@
 """The example OrderSystem of the Catga guide, as a Flask app joined to a catga_sync cluster.
 
+The orders live in a replicated :class:`~example_flask.orders.Orders` state machine, so every
+node holds them and any node answers: a write on a follower is forwarded to the leader and
+answered once it is applied on the node that took the request; reads are linearizable.
+
 Run three nodes: ``example_flask/run-cluster.sh``, or by hand in three terminals:
 ``python -m example_flask --cluster --port 5000 --node-id node0`` (and 5001/node1, 5002/node2).
+
+Routes (every answer is JSON; errors are ``{"error": code, "message": text}``):
+
+- ``POST /orders`` ``{"customer": str, "amount": number}`` → 201 with the order. An
+  ``Idempotency-Key`` header makes it exactly-once: a repeat, on any node, returns the same
+  order (201 again) and creates nothing.
+- ``GET /orders/<id>`` → 200 or 404; ``GET /orders`` → ``{"orders": [...]}``.
+- ``PATCH /orders/<id>`` ``{"status": str, "expected_version": int}`` → 200 with the new
+  version; 409 with ``current_version`` when ``expected_version`` is stale; 404 when unknown.
+- ``POST /orders/<id>/ship`` → 200 with the shipped order: the guide's flow, a ``ShipOrder``
+  command sent through the mediator with ``ForwardToLeaderBehavior`` (honours
+  ``Idempotency-Key`` too); 409 when the order cannot ship.
+- 400 for a bad body (nothing is applied); 503 with ``Retry-After`` while the cluster cannot
+  take the request (no leader, no quorum, or the outcome is unknown — then retry with the same
+  ``Idempotency-Key``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
 
-from flask import Flask, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from catga_sync.config import ClusterConfig
+from catga_sync.errors import CatgaError, CommitTimeoutError, NoLeaderError, NotLeaderError
+from catga_sync.forwarding import ForwardToLeaderBehavior, IdempotencyKeyReusedError
+from catga_sync.fsm import CommandError, RequestExpiredError, UnknownCommandError
+from catga_sync.mediator import Mediator, Next
+from catga_sync.state import StateHandle
 from catga_sync.web.extension import CatgaCluster
 
-cluster = CatgaCluster()
+from .orders import (
+    CannotShip,
+    InvalidOrder,
+    OrderNotFound,
+    Orders,
+    VersionConflict,
+    check_amount,
+    check_customer,
+    check_status,
+    check_version,
+)
+
+__all__ = ["ShipOrder", "cluster", "create_app", "mediator", "orders_blueprint"]
+
+MAX_BODY_BYTES = 16 << 10
+"""Order bodies are a few dozen bytes; anything this large is a mistake or an attack."""
+
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+RETRY_AFTER_SECONDS = "1"
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+
+T = TypeVar("T")
+
+mediator = Mediator()
+"""The OrderSystem's mediator commands (ShipOrder); the node's forwarding endpoint runs them."""
+
+cluster = CatgaCluster(state_machines=[Orders], mediator=mediator)
+"""Used by :func:`create_app` when it is given no ClusterConfig (``CATGA_CLUSTER_*`` keys)."""
+
+FORWARD_KEY = "example_flask.forward_to_leader"
+
+
+class ApiError(CatgaError):
+    """Ends a request with a JSON error: raised in the views, answered by the handler."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra
 
 
 def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flask:
@@ -21,9 +91,13 @@ def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flas
     app = Flask(__name__)
     app.config.update(flask_config)
     if config is not None:
-        CatgaCluster(app, config=config)
+        CatgaCluster(app, config=config, state_machines=[Orders], mediator=mediator)
     else:
         cluster.init_app(app)
+    app.extensions[FORWARD_KEY] = ForwardToLeaderBehavior(CatgaCluster.state_of(app).node)
+    app.register_blueprint(orders_blueprint)
+    # Routing errors (unknown path, wrong method) never reach a blueprint's handlers.
+    app.register_error_handler(HTTPException, _http_error)
 
     @app.get("/")
     def index() -> Any:
@@ -33,7 +107,268 @@ def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flas
             node_id=coordinator.node_id,
             is_leader=coordinator.is_leader,
             leader=coordinator.leader_endpoint,
-            see=["/cluster", "/health", "/livez", "/readyz", "/metrics"],
+            see=["/orders", "/cluster", "/health", "/livez", "/readyz", "/metrics"],
         )
 
     return app
+
+
+# -- the OrderSystem routes ------------------------------------------------------------------
+
+orders_blueprint = Blueprint("orders", __name__)
+
+
+def orders() -> StateHandle[Orders]:
+    """The replicated orders, through the current app's node."""
+    return CatgaCluster.state_of().node.state(Orders)
+
+
+@orders_blueprint.post("/orders")
+def create_order() -> tuple[Response, int]:
+    body = _json_object({"customer", "amount"})
+    customer = _checked(check_customer, body["customer"])
+    amount = _checked(check_amount, body["amount"])
+    key = _idempotency_key()
+    handle = orders()
+    if key is not None:
+        handle = handle.with_request_id(_request_id("create", key))
+    # Without a key the handle's own session still makes its internal retries (a lost answer,
+    # a leader change) exactly-once; the key extends that to the client's own retries.
+    with _retry_hint(key):
+        order = handle.create(customer, amount)
+    return jsonify(order), 201
+
+
+@orders_blueprint.get("/orders")
+def list_orders() -> Response:
+    return jsonify(orders=orders().all_orders())
+
+
+@orders_blueprint.get("/orders/<order_id>")
+def get_order(order_id: str) -> Response:
+    order = orders().get(order_id)
+    if order is None:
+        raise OrderNotFound.for_id(order_id)
+    return jsonify(order)
+
+
+@orders_blueprint.patch("/orders/<order_id>")
+def update_order(order_id: str) -> Response:
+    body = _json_object({"status", "expected_version"})
+    status = _checked(check_status, body["status"])
+    expected = _checked(check_version, body["expected_version"])
+    key = _idempotency_key()
+    handle = orders()
+    if key is not None:
+        handle = handle.with_request_id(_request_id(f"update:{order_id}", key))
+    # The version is compared inside the replicated command: the log orders racing updates.
+    with _retry_hint(key):
+        order = handle.update(order_id, status, expected)
+    return jsonify(order)
+
+
+# -- the guide's flow: a command through the mediator, forwarded to the leader ------------------
+#
+# ShipOrder is a mediator command. On a follower, ForwardToLeaderBehavior sends it to the
+# leader's POST /_catga/forward; the leader runs the handler, at most once per idempotency key,
+# and the result (or the handler's error, same type and message) comes back.
+
+
+@mediator.command("orders.ship")
+@dataclass(frozen=True)
+class ShipOrder:
+    order_id: str
+
+
+@mediator.handler(ShipOrder)
+def ship(command: ShipOrder) -> dict[str, Any]:
+    """Runs on the leader (the behavior sent it there)."""
+    result: dict[str, Any] = orders().ship(command.order_id)
+    return result
+
+
+def forward_to_leader(command: Any, next_: Next) -> Any:
+    """The current app's ForwardToLeaderBehavior: this module's one mediator serves every app
+    create_app makes (tests make several), and each app has its own node."""
+    behavior: ForwardToLeaderBehavior = current_app.extensions[FORWARD_KEY]
+    return behavior(command, next_)
+
+
+mediator.add_behavior(forward_to_leader, for_=ShipOrder)
+
+
+@orders_blueprint.post("/orders/<order_id>/ship")
+def ship_order(order_id: str) -> Response:
+    if request.content_length:
+        raise ApiError(400, "invalid_body", "POST /orders/<id>/ship takes no body.")
+    key = _idempotency_key()
+    with _retry_hint(key):
+        order = mediator.send(ShipOrder(order_id), idempotency_key=key)
+    return jsonify(order)
+
+
+# -- request parsing ---------------------------------------------------------------------------
+
+
+def _json_object(keys: set[str]) -> dict[str, Any]:
+    """The request body as a JSON object with exactly ``keys``, or a 400/413 ApiError."""
+    raw = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large", f"The body must be at most {MAX_BODY_BYTES} bytes.")
+    expected = ", ".join(f'"{k}"' for k in sorted(keys))
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(
+            400, "invalid_json", f"The body must be a JSON object with the keys {expected}."
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            400, "invalid_body", f"The body must be a JSON object with the keys {expected}."
+        )
+    if set(body) != keys:
+        missing, extra = sorted(keys - set(body)), sorted(set(body) - keys)
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += [f"unexpected {', '.join(extra)}"] if extra else []
+        raise ApiError(
+            400,
+            "invalid_body",
+            f"The body must have exactly the keys {expected} ({'; '.join(problems)}).",
+        )
+    return body
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    # json.loads accepts NaN and Infinity by default; neither is JSON, nor an amount.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _checked(check: Callable[[object], T], value: object) -> T:
+    try:
+        return check(value)
+    except InvalidOrder as exc:
+        raise ApiError(400, "invalid_order", str(exc)) from None
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _PRINTABLE_ASCII.fullmatch(key) or len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII "
+            "characters; use a fresh UUID per operation.",
+        )
+    return key
+
+
+def _request_id(operation: str, key: str) -> str:
+    """The cluster-wide request id of ``key`` for ``operation``: a key reused on another
+    route is another request. Hashed so that no key can look like an internal ``client#seq``."""
+    return f"orders.{operation}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+@contextlib.contextmanager
+def _retry_hint(key: str | None) -> Iterator[None]:
+    """Turns a CommitTimeoutError into a 503 that says how to retry safely."""
+    try:
+        yield
+    except CommitTimeoutError as exc:
+        if key is None:
+            raise ApiError(
+                503,
+                "commit_timeout",
+                "The outcome of this request is unknown: the cluster did not apply it in time. "
+                "It may still be applied; look before you retry (GET /orders), and send an "
+                "Idempotency-Key header to make retries safe.",
+                request_id=exc.request_id,
+            ) from exc
+        raise ApiError(
+            503,
+            "commit_timeout",
+            "The outcome of this request is unknown: the cluster did not apply it in time. "
+            f"Retry it with the header Idempotency-Key: {key} (it runs at most once).",
+            request_id=key,
+        ) from exc
+
+
+# -- errors as JSON ------------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
+    response = jsonify(error=code, message=message, **extra)
+    if status == 503:
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response, status
+
+
+@orders_blueprint.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[Response, int]:
+    return _error(exc.status, exc.code, str(exc), **exc.extra)
+
+
+@orders_blueprint.errorhandler(OrderNotFound)
+def _not_found(exc: OrderNotFound) -> tuple[Response, int]:
+    return _error(404, "not_found", str(exc))
+
+
+@orders_blueprint.errorhandler(VersionConflict)
+def _conflict(exc: VersionConflict) -> tuple[Response, int]:
+    return _error(409, "version_conflict", str(exc), current_version=exc.current_version)
+
+
+@orders_blueprint.errorhandler(CannotShip)
+def _cannot_ship(exc: CannotShip) -> tuple[Response, int]:
+    return _error(409, "cannot_ship", str(exc))
+
+
+@orders_blueprint.errorhandler(IdempotencyKeyReusedError)
+def _key_reused(exc: IdempotencyKeyReusedError) -> tuple[Response, int]:
+    return _error(422, "idempotency_key_reused", str(exc))
+
+
+@orders_blueprint.errorhandler(InvalidOrder)
+def _invalid(exc: InvalidOrder) -> tuple[Response, int]:
+    return _error(400, "invalid_order", str(exc))
+
+
+@orders_blueprint.errorhandler(RequestExpiredError)
+def _expired(exc: RequestExpiredError) -> tuple[Response, int]:
+    return _error(409, "request_expired", f"{exc} Use a new Idempotency-Key.")
+
+
+@orders_blueprint.errorhandler(NotLeaderError)
+def _not_leader(exc: NotLeaderError) -> tuple[Response, int]:
+    code = "no_leader" if isinstance(exc, NoLeaderError) else "not_leader"
+    return _error(503, code, str(exc), leader=exc.leader_endpoint)
+
+
+@orders_blueprint.errorhandler(CommitTimeoutError)
+def _timeout(exc: CommitTimeoutError) -> tuple[Response, int]:
+    return _error(503, "commit_timeout", str(exc), request_id=exc.request_id)
+
+
+@orders_blueprint.errorhandler(CommandError)
+@orders_blueprint.errorhandler(UnknownCommandError)
+def _bug(exc: CatgaError) -> tuple[Response, int]:
+    # The nodes disagree on their code (an error type or command one of them lacks).
+    return _error(500, "internal_error", str(exc))
+
+
+@orders_blueprint.errorhandler(CatgaError)
+def _unavailable(exc: CatgaError) -> tuple[Response, int]:
+    # Anything else from the cluster (a node that is stopping, a forwarding failure): the
+    # request can be retried on this or another node.
+    return _error(503, "unavailable", str(exc))
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    response, status = _error(
+        exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or ""
+    )
+    allow = exc.get_response().headers.get("Allow")
+    if allow:  # a 405 says which methods would do
+        response.headers["Allow"] = allow
+    return response, status

@@ -6,20 +6,28 @@ stay under the body limit). The queues are bounded; when one overflows, stale he
 other superseded messages go first, then the oldest messages — Raft resends what matters, and a
 peer that cannot keep up must not make its sender hoard memory. ``send`` never blocks on the
 network and never raises.
+
+Each sender keeps one kept-alive :mod:`http.client` connection to its peer. Not ``requests``:
+every command crosses this path several times (entries out, acknowledgements back, the commit
+out), and measured here a ``requests`` POST costs ~1.5 ms of CPU against ~0.6 ms for the same
+POST through ``http.client``. Nothing of ``requests`` is needed on this path: no proxies, no
+redirects, no cookies, one peer per connection. HTTPS peers are verified against the system's
+certificate store (``ssl.create_default_context()``).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import select
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from ..errors import ConfigError
 from ..raft import (
@@ -162,13 +170,13 @@ class _PeerSender:
         self.owner = owner
         self.peer = peer
         self.url = f"{peer.rstrip('/')}{owner.url_prefix}{RAFT_PATH}"
-        self.path = urlsplit(self.url).path
+        parts = urlsplit(self.url)
+        self.path = parts.path
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.https else 80)
+        self.connection: http.client.HTTPConnection | None = None
         self.queue = SendQueue(owner.queue_limit)
-        self.session = requests.Session()
-        self.session.trust_env = False  # peer traffic never goes through HTTP(S)_PROXY or .netrc
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.sent = self.failed = self.batches = self.failed_batches = 0
@@ -233,7 +241,7 @@ class _PeerSender:
                 backoff = _BACKOFF_FIRST * 2 ** min(failures - 1, 20)
                 self.stopping.wait(min(self.owner.timeout, backoff))
         finally:
-            self.session.close()
+            self._disconnect()
 
     def _deliver(self, batch: list[Message]) -> bool:
         bodies = encode_batches(batch, self.owner.max_batch_bytes)
@@ -265,17 +273,12 @@ class _PeerSender:
         rejected = False
         started = time.monotonic()
         try:
-            with self.session.post(
-                self.url,
-                data=body,
-                headers=headers,
-                timeout=(owner.timeout, owner.timeout),
-                allow_redirects=False,
-            ) as response:
-                if response.status_code != 202:
-                    rejected = 400 <= response.status_code < 500
-                    error = _describe_refusal(response)
-        except requests.RequestException as exc:
+            status, answer = self._request(body, headers)
+            if status != 202:
+                rejected = 400 <= status < 500
+                error = _describe_refusal(status, answer)
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out...
+            self._disconnect()
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.monotonic() - started
         with self.lock:
@@ -292,6 +295,33 @@ class _PeerSender:
         self._log_transition(was_reachable, error, rejected)
         owner.observe(self.peer, elapsed, error is None)
         return error is None
+
+    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST ``body`` on the kept-alive connection (opened as needed); (status, answer)."""
+        connection = self.connection
+        if connection is not None and _dropped(connection):
+            self._disconnect()  # the peer closed it while idle (a restart, an idle timeout)
+            connection = None
+        if connection is None:
+            timeout = self.owner.timeout
+            if self.https:
+                connection = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=timeout, context=ssl.create_default_context()
+                )
+            else:
+                connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            self.connection = connection
+        connection.request("POST", self.path, body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        if response.will_close:
+            self._disconnect()
+        return response.status, answer
+
+    def _disconnect(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
 
     def _oversized(self, size: int, count: int) -> None:
         error = (
@@ -319,15 +349,26 @@ class _PeerSender:
             logger.log(level, "Peer %s is unreachable: %s", self.peer, error)
 
 
-def _describe_refusal(response: requests.Response) -> str:
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """True when an idle kept-alive connection was closed by the peer (it reads as ready)."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _describe_refusal(status: int, answer: bytes) -> str:
     detail = ""
     try:
-        payload = response.json()
+        payload = json.loads(answer)
     except ValueError:
         payload = None
     if isinstance(payload, dict) and "error" in payload:
         detail = f": {payload.get('error')}: {payload.get('message', '')}"
-    return f"HTTP {response.status_code}{detail}"
+    return f"HTTP {status}{detail}"
 
 
 class HttpTransport:

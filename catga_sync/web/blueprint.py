@@ -66,6 +66,92 @@ class _Refusal(CatgaError):
         self.headers = headers or {}
 
 
+class PeerGate:
+    """The checks every peer route makes before it acts, and its JSON error answers: the
+    method, the size limit, then the signature (with a secret) or the sender header (without
+    one). Shared by the peer RPC, the proposal and the forwarding endpoints."""
+
+    def __init__(self, *, secret: str | None, max_body_bytes: int, signature_window: float) -> None:
+        if max_body_bytes < 1:
+            raise ConfigError(f"max_body_bytes must be at least 1, not {max_body_bytes}")
+        if not signature_window > 0:
+            raise ConfigError(
+                f"signature_window must be a positive number of seconds, not {signature_window}"
+            )
+        self.secret = secret or None
+        self.max_body_bytes = max_body_bytes
+        self.signature_window = signature_window
+        self._replays = ReplayGuard(signature_window) if self.secret is not None else None
+        self.rejections = _RejectionLog()
+
+    def body(self) -> tuple[bytes, str]:
+        """The request body and its sender, once the size, the signature and the sender are
+        checked (the same checks for every peer route)."""
+        if request.method != "POST":
+            _method_not_allowed("POST")
+        body = _read_body(self.max_body_bytes)
+        sender = request.headers.get(HEADER_SENDER, "")
+        if self.secret is not None and self._replays is not None:
+            now = time.time()
+            auth = _auth_headers()
+            verify(self.secret, "POST", _signed_path(), body, auth, now, self.signature_window)
+            self._replays.check(auth[HEADER_SIGNATURE], float(auth[HEADER_TIMESTAMP]), now)
+        elif not sender:
+            raise _Refusal(
+                400,
+                "missing_sender",
+                f"The {HEADER_SENDER} header is missing; it must hold the sending node's Raft id "
+                "(its normalized endpoint, such as http://node1:5000).",
+            )
+        return body, sender
+
+    @staticmethod
+    def not_running() -> NoReturn:
+        raise _Refusal(
+            503,
+            "not_running",
+            "This node is not running (not started yet, or stopping). Peers retry on their "
+            "own; if this lasts, check that the node was started and look at its log.",
+            {"Retry-After": "1"},
+        )
+
+    def install_error_handlers(self, bp: Blueprint) -> None:
+        """Answer every refusal and failure of ``bp``'s routes as JSON (only those routes:
+        the application's own handlers are untouched)."""
+        rejections = self.rejections
+        max_body_bytes = self.max_body_bytes
+
+        @bp.errorhandler(_Refusal)
+        def on_refusal(exc: _Refusal) -> Response:
+            return rejections.reply(exc.status, exc.code, str(exc), exc.headers)
+
+        @bp.errorhandler(WireFormatError)
+        def on_wire_error(exc: WireFormatError) -> Response:
+            return rejections.reply(400, exc.code, str(exc))
+
+        @bp.errorhandler(PeerAuthError)
+        def on_auth_error(exc: PeerAuthError) -> Response:
+            headers = {"WWW-Authenticate": 'CatgaHMAC realm="catga peer API"'}
+            return rejections.reply(401, "unauthorized", str(exc), headers)
+
+        @bp.errorhandler(HTTPException)
+        def on_http_error(exc: HTTPException) -> Response:
+            status = exc.code or 500
+            if isinstance(exc, RequestEntityTooLarge):
+                return _too_large(rejections, max_body_bytes)
+            code = (exc.name or "error").lower().replace(" ", "_")
+            return rejections.reply(status, code, exc.description or exc.name or "error")
+
+        @bp.errorhandler(Exception)
+        def on_unexpected(exc: Exception) -> Response:
+            logger.exception("Peer RPC failed unexpectedly; nothing was delivered")
+            return rejections.reply(
+                500,
+                "internal_error",
+                f"The node failed to take the request ({type(exc).__name__}); see its log.",
+            )
+
+
 def create_peer_blueprint(
     get_receiver: Callable[[], PeerReceiver | None],
     *,
@@ -80,15 +166,9 @@ def create_peer_blueprint(
     ``get_receiver`` is called on every request (None means the node is not running: 503).
     Without a ``secret`` (None or empty) requests are not authenticated, and a warning says so.
     """
-    if max_body_bytes < 1:
-        raise ConfigError(f"max_body_bytes must be at least 1, not {max_body_bytes}")
-    if not signature_window > 0:
-        raise ConfigError(
-            f"signature_window must be a positive number of seconds, not {signature_window}"
-        )
-    key = secret or None
+    gate = PeerGate(secret=secret, max_body_bytes=max_body_bytes, signature_window=signature_window)
     prefix = normalize_url_prefix(url_prefix)
-    if key is None:
+    if gate.secret is None:
         logger.warning(
             "The peer API at %s%s is open: no cluster secret is set, so anyone who can reach "
             "this port can send Raft messages and take over the cluster. Set the same secret "
@@ -97,46 +177,17 @@ def create_peer_blueprint(
             prefix,
             RAFT_PATH,
         )
-    guard = ReplayGuard(signature_window) if key is not None else None
-    rejections = _RejectionLog()
     bp = Blueprint(name, __name__, url_prefix=prefix or None)
 
     def receiver_or_503() -> PeerReceiver:
         receiver = get_receiver()
         if receiver is None:
-            raise _Refusal(
-                503,
-                "not_running",
-                "This node is not running (not started yet, or stopping). Peers retry on their "
-                "own; if this lasts, check that the node was started and look at its log.",
-                {"Retry-After": "1"},
-            )
+            gate.not_running()
         return receiver
-
-    def authenticated_body() -> tuple[bytes, str]:
-        """The request body and its sender, once the size, the signature and the sender are
-        checked (the same checks for every peer route)."""
-        if request.method != "POST":
-            _method_not_allowed("POST")
-        body = _read_body(max_body_bytes)
-        sender = request.headers.get(HEADER_SENDER, "")
-        if key is not None and guard is not None:
-            now = time.time()
-            auth = _auth_headers()
-            verify(key, "POST", _signed_path(), body, auth, now, signature_window)
-            guard.check(auth[HEADER_SIGNATURE], float(auth[HEADER_TIMESTAMP]), now)
-        elif not sender:
-            raise _Refusal(
-                400,
-                "missing_sender",
-                f"The {HEADER_SENDER} header is missing; it must hold the sending node's Raft id "
-                "(its normalized endpoint, such as http://node1:5000).",
-            )
-        return body, sender
 
     @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def raft() -> tuple[Response, int]:
-        body, sender = authenticated_body()
+        body, sender = gate.body()
         sender_name = _sender_name()
         receiver = receiver_or_503()
         messages = decode_batch(body)
@@ -147,7 +198,7 @@ def create_peer_blueprint(
 
     @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def propose() -> tuple[Response, int]:
-        body, _sender = authenticated_body()
+        body, _sender = gate.body()
         receiver = receiver_or_503()
         data, timeout = decode_proposal(body)
         if not isinstance(receiver, ProposalReceiver):
@@ -171,37 +222,7 @@ def create_peer_blueprint(
         receiver = receiver_or_503()
         return jsonify(raft_id=receiver.raft_id, protocol=PROTOCOL_VERSION), 200
 
-    # JSON errors for this blueprint's routes only; the application's own handlers are untouched.
-    @bp.errorhandler(_Refusal)
-    def on_refusal(exc: _Refusal) -> Response:
-        return rejections.reply(exc.status, exc.code, str(exc), exc.headers)
-
-    @bp.errorhandler(WireFormatError)
-    def on_wire_error(exc: WireFormatError) -> Response:
-        return rejections.reply(400, exc.code, str(exc))
-
-    @bp.errorhandler(PeerAuthError)
-    def on_auth_error(exc: PeerAuthError) -> Response:
-        headers = {"WWW-Authenticate": 'CatgaHMAC realm="catga peer API"'}
-        return rejections.reply(401, "unauthorized", str(exc), headers)
-
-    @bp.errorhandler(HTTPException)
-    def on_http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        if isinstance(exc, RequestEntityTooLarge):
-            return _too_large(rejections, max_body_bytes)
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return rejections.reply(status, code, exc.description or exc.name or "error")
-
-    @bp.errorhandler(Exception)
-    def on_unexpected(exc: Exception) -> Response:
-        logger.exception("Peer RPC failed unexpectedly; nothing was delivered")
-        return rejections.reply(
-            500,
-            "internal_error",
-            f"The node failed to take the request ({type(exc).__name__}); see its log.",
-        )
-
+    gate.install_error_handlers(bp)
     return bp
 
 

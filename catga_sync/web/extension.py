@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from flask import Flask, current_app
 
 from ..config import ClusterConfig
 from ..errors import CatgaError
+from ..forwarding import DEFAULT_FORWARD_TIMEOUT
 from ..fsm import StateMachine
 from ..node import ClusterNode
 from .blueprint import create_peer_blueprint
+from .decorators import forward_to_leader, leader_only
+from .forwarding import create_forwarding_blueprint
 from .ops import create_ops_blueprint
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
     from ..coordinator import ClusterCoordinator
+    from ..mediator import Mediator
     from ..state import StateHandle
 
 M = TypeVar("M", bound=StateMachine)
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("catga_sync.web")
 
@@ -57,8 +62,10 @@ class CatgaCluster:
         scheduler: BaseScheduler | None = None,
         ops_routes: bool = True,
         state_machines: Sequence[StateMachine | type[StateMachine]] = (),
+        mediator: Mediator | None = None,
     ) -> None:
         self._config = config
+        self._mediator = mediator
         self._scheduler = scheduler
         self._ops_routes = ops_routes
         self._state_machines = tuple(state_machines)
@@ -72,7 +79,9 @@ class CatgaCluster:
                 "(create one CatgaCluster at module level and call init_app in your factory)"
             )
         config = self._config or ClusterConfig.from_flask_config(app.config)
-        node = ClusterNode(config, scheduler=self._scheduler, serve_http=False)
+        node = ClusterNode(
+            config, scheduler=self._scheduler, serve_http=False, mediator=self._mediator
+        )
         for machine in self._state_machines:
             # A class gets a fresh instance per app: two apps must not share state.
             node.register(machine() if isinstance(machine, type) else machine)
@@ -86,6 +95,17 @@ class CatgaCluster:
                 url_prefix=config.url_prefix,
             )
         )
+        if self._mediator is not None:  # POST {url_prefix}/forward (docs/request-forwarding)
+            app.register_blueprint(
+                create_forwarding_blueprint(
+                    lambda: node if node.running else None,
+                    self._mediator,
+                    secret=config.secret,
+                    max_body_bytes=config.max_message_bytes,
+                    signature_window=config.signature_window.total_seconds(),
+                    url_prefix=config.url_prefix,
+                )
+            )
         if self._ops_routes:
             app.register_blueprint(create_ops_blueprint(lambda: node))
         if not config.autostart:
@@ -128,6 +148,35 @@ class CatgaCluster:
     def state(self, machine: type[M] | M, app: Flask | None = None) -> StateHandle[M]:
         """A handle on a registered state machine of the current app's node."""
         return self.state_of(app).node.state(machine)
+
+    @property
+    def mediator(self) -> Mediator | None:
+        """The mediator whose commands this app's forwarding endpoint runs, if one was given."""
+        return self._mediator
+
+    def leader_only(self, view: F) -> F:
+        """View decorator: run on the leader only; a follower answers 503 ``not_leader`` naming
+        the leader (the guide's leader-only behavior, for plain routes)."""
+        return leader_only(lambda: self.state_of().node)(view)
+
+    @overload
+    def forward_to_leader(self, view: F, /) -> F: ...
+
+    @overload
+    def forward_to_leader(
+        self, view: None = None, /, *, timeout: float = ...
+    ) -> Callable[[F], F]: ...
+
+    def forward_to_leader(
+        self, view: F | None = None, /, *, timeout: float = DEFAULT_FORWARD_TIMEOUT
+    ) -> F | Callable[[F], F]:
+        """View decorator: run on the leader; a follower relays the request there and returns
+        its answer, status and headers intact (``@cluster.forward_to_leader`` or
+        ``@cluster.forward_to_leader(timeout=5)``)."""
+        decorate: Callable[[F], F] = forward_to_leader(
+            lambda: self.state_of().node, timeout=timeout
+        )
+        return decorate if view is None else decorate(view)
 
     def start(self, app: Flask | None = None) -> ClusterNode:
         """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``)."""

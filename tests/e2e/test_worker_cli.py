@@ -62,6 +62,12 @@ def test_three_workers_elect_a_leader_and_stop_on_sigterm(
         return found
 
     leader_port = poll(lambda: (found := leaders()) and len(found) == 1 and found[0], 20, "leader")
+    # Every worker serving (its signal handlers are installed by then), not only a majority.
+    poll(
+        lambda: all(get_json(f"http://127.0.0.1:{port}/cluster")[0] == 200 for port, _ in workers),
+        30,
+        "all workers serving",
+    )
     code, health = get_json(f"http://127.0.0.1:{leader_port}/health")
     assert code == 200
     assert health["results"]["cluster"]["description"] == "This node is the leader"
