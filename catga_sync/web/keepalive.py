@@ -88,6 +88,11 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
             track(self.connection, False)
         super().finish()
 
+    def log_error(self, format: str, *args: Any) -> None:
+        if format.startswith("Request timed out"):
+            return  # a kept-alive connection idle for IDLE_TIMEOUT: closed, nothing went wrong
+        super().log_error(format, *args)
+
     def run_wsgi(self) -> None:
         if self.headers.get("Expect", "").lower().strip() == "100-continue":
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")

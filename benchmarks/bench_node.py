@@ -1,0 +1,140 @@
+"""One node of a benchmark cluster, in its own process: catga_sync or PySyncObj, with a counter.
+
+``python -m catga_sync serve`` cannot register state machines, so :mod:`throughput` starts the
+two nodes it does not host itself with this script. Both kinds keep the same tiny counter, so
+a command costs the same on either side. The node runs until SIGTERM; each line on standard
+input is a command (``transfer <target>``: hand leadership to ``target`` if this node leads), so
+the benchmark can make its own node the leader or a follower.
+
+    python benchmarks/bench_node.py catga --endpoint http://127.0.0.1:7001 \\
+        --members http://127.0.0.1:7000,http://127.0.0.1:7001,... --node-id node1 --state DIR
+    python benchmarks/bench_node.py pysyncobj --endpoint 127.0.0.1:7101 --members ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from catga_sync.config import ClusterConfig
+from catga_sync.fsm import StateMachine, command, query
+from catga_sync.node import ClusterNode
+
+
+class Counter(StateMachine):
+    """The benchmark's state machine: one integer."""
+
+    name = "bench.counter"
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    @command
+    def increment(self, by: int = 1) -> int:
+        self.value += by
+        return self.value
+
+    @query
+    def get(self) -> int:
+        return self.value
+
+
+def catga_node(
+    endpoint: str, members: Sequence[str], node_id: str, state_dir: str, *, serve_http: bool = True
+) -> ClusterNode:
+    """A durable node (SQLite, synchronous FULL) at the guide's timeouts, with a Counter."""
+    config = ClusterConfig(
+        local_node_endpoint=endpoint,
+        members=tuple(members),
+        node_id=node_id,
+        persistent_state_path=state_dir,
+        sqlite_synchronous="FULL",
+        election_timeout=timedelta(milliseconds=150),
+        heartbeat_interval=timedelta(milliseconds=50),
+    )
+    node = ClusterNode(config, serve_http=serve_http)
+    node.register(Counter())
+    return node
+
+
+def pysyncobj_counter(endpoint: str, members: Sequence[str]) -> Any:
+    """A PySyncObj node with a ``@replicated`` counter, ``appendEntriesUseBatch=False``.
+
+    Imported lazily: PySyncObj is not a dependency of catga_sync.
+    """
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    class PsoCounter(SyncObj):  # type: ignore[misc]
+        def __init__(self) -> None:
+            others = [m for m in members if m != endpoint]
+            conf = SyncObjConf(appendEntriesUseBatch=False)
+            self.value = 0  # before the node starts applying
+            super().__init__(endpoint, others, conf)
+
+        @replicated  # type: ignore[misc]
+        def increment(self, by: int = 1) -> int:
+            self.value += by
+            return self.value
+
+    return PsoCounter()
+
+
+def serve_commands(transfer: Callable[[str], None], done: threading.Event) -> None:
+    """Run ``transfer <target>`` lines from stdin until it closes."""
+    for line in sys.stdin:
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "transfer":
+            try:
+                transfer(parts[1])
+            except Exception as exc:  # not the leader, or a transfer already running
+                logging.getLogger("bench_node").info("transfer refused: %s", exc)
+    done.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=("catga", "pysyncobj"))
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--members", required=True, help="comma-separated, this node included")
+    parser.add_argument("--node-id", default="node")
+    parser.add_argument("--state", default="", help="state directory (catga)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per RPC
+    members = [m for m in args.members.split(",") if m]
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    stop: Callable[[], None]
+    if args.kind == "catga":
+        node = catga_node(args.endpoint, members, args.node_id, args.state).start()
+
+        def transfer(target: str) -> None:
+            if node.status.is_leader:
+                node.transfer_leadership(target)
+
+        stop = node.stop
+    else:
+        counter = pysyncobj_counter(args.endpoint, members)
+
+        def transfer(target: str) -> None:
+            counter.transferLeadership(target)
+
+        stop = counter.destroy
+    threading.Thread(target=serve_commands, args=(transfer, done), daemon=True).start()
+    print("ready", flush=True)
+    done.wait()
+    stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
