@@ -49,11 +49,9 @@ from .mediator import (
     UnknownCommandTypeError,
     current_dispatch,
 )
-from .transport.signing import signed_headers
+from .transport.signing import peer_post_headers
 from .transport.wire import (
     DEFAULT_URL_PREFIX,
-    HEADER_NODE,
-    HEADER_SENDER,
     WireFormatError,
     normalize_url_prefix,
 )
@@ -300,16 +298,10 @@ class HttpClusterForwarder:
         name, payload = mediator.encode(command)
         path = f"{self.url_prefix}{FORWARD_PATH}"
         body = encode_forward_request(name, payload, idempotency_key, max(timeout, 0.001))
-        headers = {
-            "Content-Type": "application/json",
-            HEADER_SENDER: self.sender_id,
-            HEADER_NODE: self.sender_name,
-            HEADER_HOP: "1",
-        }
-        if self.secret is not None:
-            headers.update(
-                signed_headers(self.secret, "POST", path, body, self.sender_id, time.time())
-            )
+        headers = peer_post_headers(
+            self.secret, path, body, self.sender_id, self.sender_name, time.time()
+        )
+        headers[HEADER_HOP] = "1"
         try:
             response = self._session().post(
                 f"{leader_endpoint.rstrip('/')}{path}",

@@ -22,6 +22,7 @@ from catga_sync.raft import (
     AppendEntries,
     AppendResponse,
     ConfigChangeType,
+    HeartbeatResponse,
     Membership,
     Message,
     RaftConfig,
@@ -311,3 +312,17 @@ def test_most_up_to_date_voter_ignores_learners(seed: int) -> None:
     assert core.progress["n3"].match > max(core.progress[n].match for n in followers)
 
     assert core.most_up_to_date_voter() in followers
+
+
+def test_a_lost_timeout_now_is_sent_again_on_the_targets_next_heartbeat_response() -> None:
+    leader = _leader_a()
+    leader.transfer_leadership("b")  # b is caught up: TimeoutNow goes out at once
+    first = [m for m in _drain(leader) if isinstance(m, TimeoutNow)]
+    assert [m.to for m in first] == ["b"]
+    # That message is lost. b answers the next heartbeat: the leader asks again.
+    leader.step(HeartbeatResponse(leader.term, "b", "a"))
+    again = [m for m in _drain(leader) if isinstance(m, TimeoutNow)]
+    assert [m.to for m in again] == ["b"]
+    # A heartbeat response from another follower does not trigger it.
+    leader.step(HeartbeatResponse(leader.term, "c", "a"))
+    assert not [m for m in _drain(leader) if isinstance(m, TimeoutNow)]

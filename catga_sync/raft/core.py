@@ -766,6 +766,10 @@ class RaftCore:
             self._send_snapshot_chunk(m.frm, progress)  # retransmit the chunk it still awaits
         elif progress.match < self.log.last_index:
             self._send_append(m.frm)
+        if m.frm == self.lead_transferee and progress.match == self.log.last_index:
+            # TimeoutNow is a single message; if it was lost, ask again rather than let the
+            # transfer time out (a follower that is already campaigning ignores a repeat).
+            self._send(TimeoutNow(self.term, self.id, m.frm), early=True)
         if m.context and m.context in self._pending_reads:
             self._pending_reads[m.context].acks.add(m.frm)
             self._release_confirmed_reads(m.context)

@@ -38,11 +38,9 @@ from ..raft import (
     VoteRequest,
     VoteResponse,
 )
-from .signing import signed_headers
+from .signing import peer_post_headers
 from .wire import (
     DEFAULT_MAX_BODY_BYTES,
-    HEADER_NODE,
-    HEADER_SENDER,
     RAFT_PATH,
     encode_batches,
     normalize_url_prefix,
@@ -260,15 +258,9 @@ class _PeerSender:
 
     def _post(self, body: bytes, count: int) -> bool:
         owner = self.owner
-        headers = {
-            "Content-Type": "application/json",
-            HEADER_SENDER: owner.sender_id,
-            HEADER_NODE: owner.sender_name,
-        }
-        if owner.secret is not None:
-            headers.update(
-                signed_headers(owner.secret, "POST", self.path, body, owner.sender_id, time.time())
-            )
+        headers = peer_post_headers(
+            owner.secret, self.path, body, owner.sender_id, owner.sender_name, time.time()
+        )
         error: str | None = None
         rejected = False
         started = time.monotonic()

@@ -23,8 +23,8 @@ from typing import Any
 import requests
 
 from ..errors import CommitTimeoutError, ForwardingError, NoLeaderError, NotLeaderError
-from .signing import signed_headers
-from .wire import HEADER_NODE, HEADER_SENDER, PROTOCOL_VERSION, WireFormatError
+from .signing import peer_post_headers
+from .wire import PROTOCOL_VERSION, WireFormatError
 
 PROPOSE_PATH = "/propose"
 MAX_PROPOSAL_TIMEOUT = 300.0
@@ -120,15 +120,9 @@ class ProposalClient:
         """
         path = f"{self.url_prefix}{PROPOSE_PATH}"
         body = encode_proposal(data, timeout)
-        headers = {
-            "Content-Type": "application/json",
-            HEADER_SENDER: self.sender_id,
-            HEADER_NODE: self.sender_name,
-        }
-        if self.secret is not None:
-            headers.update(
-                signed_headers(self.secret, "POST", path, body, self.sender_id, time.time())
-            )
+        headers = peer_post_headers(
+            self.secret, path, body, self.sender_id, self.sender_name, time.time()
+        )
         try:
             response = self._session().post(
                 f"{leader}{path}",

@@ -23,13 +23,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from ..errors import PeerAuthError
-from .wire import HEADER_SENDER, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from .wire import HEADER_NODE, HEADER_SENDER, HEADER_SIGNATURE, HEADER_TIMESTAMP
 
 __all__ = [
     "PeerAuthError",
     "ReplayGuard",
     "canonical_string",
     "format_timestamp",
+    "peer_post_headers",
     "sign",
     "signed_headers",
     "verify",
@@ -75,6 +76,17 @@ def signed_headers(
     timestamp = format_timestamp(now)
     signature = _digest(secret, canonical_string(method, path, timestamp, sender, body))
     return {HEADER_SENDER: sender, HEADER_TIMESTAMP: timestamp, HEADER_SIGNATURE: signature}
+
+
+def peer_post_headers(
+    secret: str | None, path: str, body: bytes, sender: str, sender_name: str, now: float
+) -> dict[str, str]:
+    """Every header of a POST from one node to another's peer routes: JSON, the sender's Raft
+    id and name, and the signature when the cluster has a secret."""
+    headers = {"Content-Type": "application/json", HEADER_SENDER: sender, HEADER_NODE: sender_name}
+    if secret:
+        headers.update(signed_headers(secret, "POST", path, body, sender, now))
+    return headers
 
 
 def verify(

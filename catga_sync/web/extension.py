@@ -15,10 +15,8 @@ from ..errors import CatgaError
 from ..forwarding import DEFAULT_FORWARD_TIMEOUT
 from ..fsm import StateMachine
 from ..node import ClusterNode
-from .blueprint import create_peer_blueprint
 from .decorators import forward_to_leader, leader_only
-from .forwarding import create_forwarding_blueprint
-from .ops import create_ops_blueprint
+from .worker_app import register_node_routes
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -86,28 +84,7 @@ class CatgaCluster:
             # A class gets a fresh instance per app: two apps must not share state.
             node.register(machine() if isinstance(machine, type) else machine)
         app.extensions[EXTENSION_KEY] = ClusterState(self, config, node)
-        app.register_blueprint(
-            create_peer_blueprint(
-                lambda: node if node.running else None,
-                secret=config.secret,
-                max_body_bytes=config.max_message_bytes,
-                signature_window=config.signature_window.total_seconds(),
-                url_prefix=config.url_prefix,
-            )
-        )
-        if self._mediator is not None:  # POST {url_prefix}/forward (docs/request-forwarding)
-            app.register_blueprint(
-                create_forwarding_blueprint(
-                    lambda: node if node.running else None,
-                    self._mediator,
-                    secret=config.secret,
-                    max_body_bytes=config.max_message_bytes,
-                    signature_window=config.signature_window.total_seconds(),
-                    url_prefix=config.url_prefix,
-                )
-            )
-        if self._ops_routes:
-            app.register_blueprint(create_ops_blueprint(lambda: node))
+        register_node_routes(app, node, ops_routes=self._ops_routes)
         if not config.autostart:
             return
         if _in_reloader_parent(app):

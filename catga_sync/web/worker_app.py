@@ -16,34 +16,54 @@ if TYPE_CHECKING:
     from ..node import ClusterNode
 
 
-def create_worker_app(node: ClusterNode) -> Flask:
+def register_node_routes(app: Flask, node: ClusterNode, *, ops_routes: bool = True) -> None:
+    """Serve ``node`` from ``app``: the peer RPC (and proposals) under the configured prefix,
+    the mediator's forwarding endpoint when the node has a mediator, and the operational routes
+    (/health, /livez, /readyz, /cluster, /metrics). Used by the Flask extension and by the
+    worker app alike."""
     config = node.config
-    app = Flask(f"catga_sync.worker.{node.node_id}")
+    secret, window = config.secret, config.signature_window.total_seconds()
+    limit, prefix = config.max_message_bytes, config.url_prefix
+
+    def running() -> ClusterNode | None:
+        return node if node.running else None
+
     app.register_blueprint(
         create_peer_blueprint(
-            lambda: node if node.running else None,
-            secret=config.secret,
-            max_body_bytes=config.max_message_bytes,
-            signature_window=config.signature_window.total_seconds(),
-            url_prefix=config.url_prefix,
+            running,
+            secret=secret,
+            max_body_bytes=limit,
+            signature_window=window,
+            url_prefix=prefix,
         )
     )
-    app.register_blueprint(create_ops_blueprint(lambda: node))
-    if node.mediator is not None:
+    if node.mediator is not None:  # POST {url_prefix}/forward (docs/request-forwarding)
         app.register_blueprint(
             create_forwarding_blueprint(
-                lambda: node if node.running else None,
+                running,
                 node.mediator,
-                secret=config.secret,
-                max_body_bytes=config.max_message_bytes,
-                signature_window=config.signature_window.total_seconds(),
-                url_prefix=config.url_prefix,
+                secret=secret,
+                max_body_bytes=limit,
+                signature_window=window,
+                url_prefix=prefix,
             )
         )
+    if ops_routes:
+        app.register_blueprint(create_ops_blueprint(lambda: node))
+
+
+def create_worker_app(node: ClusterNode) -> Flask:
+    app = Flask(f"catga_sync.worker.{node.node_id}")
+    register_node_routes(app, node)
     return app
 
 
-__all__ = ["KeepAliveRequestHandler", "create_worker_app", "make_threaded_server"]
+__all__ = [
+    "KeepAliveRequestHandler",
+    "create_worker_app",
+    "make_threaded_server",
+    "register_node_routes",
+]
 
 
 def make_threaded_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
