@@ -5,6 +5,7 @@ snapshots."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -96,11 +97,15 @@ class Cluster:
             node.stop(transfer=False)
 
     def leader(self) -> ClusterNode:
-        node = self.nodes[0]
-        endpoint = node.coordinator.wait_for_leader(WAIT)
-        leader = next(n for n in self.nodes if n.raft_id == endpoint)
-        leader.wait_for(lambda s: s.is_leader and s.commit_term == s.term, WAIT)
-        return leader
+        """The node that itself says it leads and has committed its term's no-op."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                status = node.status
+                if node.running and status.is_leader and status.commit_term == status.term:
+                    return node
+            threading.Event().wait(0.01)
+        raise AssertionError(f"no leader with a committed no-op within {WAIT}s")
 
     def follower(self) -> ClusterNode:
         leader = self.leader()
