@@ -54,6 +54,7 @@ from .transport.wire import (
     DEFAULT_URL_PREFIX,
     WireFormatError,
     normalize_url_prefix,
+    seconds_within,
 )
 
 if TYPE_CHECKING:
@@ -168,16 +169,12 @@ def decode_forward_request(body: bytes, mediator: Mediator) -> ForwardRequest:
             "invalid_forward",
             f"idempotency_key must be 1 to {MAX_KEY_LENGTH} printable characters, or null",
         )
-    deadline = obj.get("deadline", DEFAULT_FORWARD_TIMEOUT)
-    if (
-        not isinstance(deadline, (int, float))
-        or isinstance(deadline, bool)
-        or not 0 < deadline <= MAX_FORWARD_DEADLINE
-    ):
-        raise WireFormatError(
-            "invalid_forward",
-            f"deadline must be a number of seconds in (0, {MAX_FORWARD_DEADLINE:g}]",
-        )
+    deadline = seconds_within(
+        obj.get("deadline", DEFAULT_FORWARD_TIMEOUT),
+        MAX_FORWARD_DEADLINE,
+        code="invalid_forward",
+        name="deadline",
+    )
     try:
         command_type = mediator.type_of(name)
     except UnknownCommandTypeError as exc:

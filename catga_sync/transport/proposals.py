@@ -24,7 +24,7 @@ import requests
 
 from ..errors import CommitTimeoutError, ForwardingError, NoLeaderError, NotLeaderError
 from .signing import peer_post_headers
-from .wire import PROTOCOL_VERSION, WireFormatError
+from .wire import PROTOCOL_VERSION, WireFormatError, seconds_within
 
 PROPOSE_PATH = "/propose"
 MAX_PROPOSAL_TIMEOUT = 300.0
@@ -55,16 +55,9 @@ def decode_proposal(body: bytes) -> tuple[bytes, float]:
             f"Protocol {obj['protocol']!r} is not spoken here (this node speaks "
             f"{PROTOCOL_VERSION}); run the same catga_sync version on every node.",
         )
-    timeout = obj["timeout"]
-    if (
-        not isinstance(timeout, (int, float))
-        or isinstance(timeout, bool)
-        or not 0 < timeout <= MAX_PROPOSAL_TIMEOUT
-    ):
-        raise WireFormatError(
-            "invalid_proposal",
-            f"timeout must be a number of seconds in (0, {MAX_PROPOSAL_TIMEOUT}]",
-        )
+    timeout = seconds_within(
+        obj["timeout"], MAX_PROPOSAL_TIMEOUT, code="invalid_proposal", name="timeout"
+    )
     if not isinstance(obj["data"], str):
         raise WireFormatError("invalid_proposal", "data must be base64 text")
     try:
@@ -73,7 +66,7 @@ def decode_proposal(body: bytes) -> tuple[bytes, float]:
         raise WireFormatError("invalid_proposal", "data is not valid base64") from None
     if not data:
         raise WireFormatError("invalid_proposal", "data is empty")
-    return data, float(timeout)
+    return data, timeout
 
 
 def outcome_json(outcome: Any) -> dict[str, Any]:

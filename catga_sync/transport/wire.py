@@ -55,6 +55,13 @@ def normalize_url_prefix(url_prefix: str) -> str:
     return f"/{stripped}" if stripped else ""
 
 
+def seconds_within(value: object, limit: float, *, code: str, name: str) -> float:
+    """``value`` as a number of seconds in (0, ``limit``]; WireFormatError (400) otherwise."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= limit:
+        raise WireFormatError(code, f"{name} must be a number of seconds in (0, {limit:g}]")
+    return float(value)
+
+
 def encode_batch(messages: Sequence[Message]) -> bytes:
     """The JSON body carrying ``messages`` (compact, UTF-8)."""
     return _wrap([_encode_one(m) for m in messages])
