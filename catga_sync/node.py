@@ -56,6 +56,7 @@ from .idempotency import IdempotencyTable
 from .raft import (
     Entry,
     EntryType,
+    HardState,
     Membership,
     Message,
     RaftCore,
@@ -64,7 +65,7 @@ from .raft import (
 )
 from .state import ClientSession
 from .storage import open_storage
-from .storage.base import Storage, persist_ready
+from .storage.base import Storage
 from .transport.base import Transport
 from .transport.proposals import ProposalClient
 
@@ -128,6 +129,10 @@ class NodeStats:
     snapshots: int = 0
     entries_persisted: int = 0
     bytes_persisted: int = 0
+    commit_only_writes_skipped: int = 0
+    """Readies whose only durable change was the commit index: not written (see _persist)."""
+    inline_replies: int = 0
+    """Messages answered in the response to a peer's request instead of a request of ours."""
     messages_sent: int = 0
     messages_received: int = 0
     invalid_messages: int = 0
@@ -158,6 +163,19 @@ class _Proposal:
 
     data: bytes
     future: Future[tuple[int, Future[Any]]] = field(default_factory=Future)
+
+
+@dataclass
+class _ReplySlot:
+    """An open peer request waiting for its answer: while it is open, what the loop sends to
+    ``peer`` goes back in that request's response instead of a new request (one HTTP exchange
+    per round trip, not two)."""
+
+    peer: str
+    messages: Sequence[Message]
+    replies: list[Message] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False
 
 
 class ClusterNode:
@@ -216,6 +234,10 @@ class ClusterNode:
         self._names: dict[str, str] = {self.raft_id: self.node_id}
         self._waiters: dict[int, _Waiter] = {}
         self._proposals_drained: list[_Proposal] = []
+        self._reply_slots: dict[str, _ReplySlot] = {}
+        self._slot_lock = threading.Lock()
+        self._latest_hard: HardState | None = None
+        self._written_hard: HardState | None = None
         self._reads: dict[str, _ReadWaiter] = {}
         self._read_ids = itertools.count()
         self._tick_seconds = config.tick.total_seconds()
@@ -263,6 +285,7 @@ class ClusterNode:
         if self.mediator is not None and IdempotencyTable.name not in self.state_machines.machines:
             self.state_machines.register(IdempotencyTable())  # forwarded commands' outcomes
         persisted = self._storage.open()
+        self._latest_hard = self._written_hard = persisted.hard_state
         if persisted.snapshot is not None and not self._custom_applier:
             self.state_machines.restore(persisted.snapshot.data)
         self._core = RaftCore(config.raft_config(), rng=self._rng, persisted=persisted)
@@ -277,6 +300,7 @@ class ClusterNode:
                 url_prefix=config.url_prefix,
                 timeout=max(config.election_timeout.total_seconds(), 0.1),
                 max_batch_bytes=config.max_message_bytes,
+                reply_receiver=self,
             )
         if self._serve_http:
             self._start_server()
@@ -357,6 +381,7 @@ class ClusterNode:
         if self._transport is not None:
             self._transport.close()
         if self._storage is not None:
+            self._flush_hard_state(self._storage)
             self._storage.close()
         self._fail_waiters(CatgaError(f"node {self.node_id} stopped"))
         self._publish_status(running=False)
@@ -407,6 +432,27 @@ class ClusterNode:
             self._names.setdefault(messages[0].frm, sender_name)
         for message in messages:
             self._inbox.put(message)
+
+    def receive_and_reply(
+        self, messages: Sequence[Message], sender_name: str | None, timeout: float
+    ) -> list[Message]:
+        """Queue ``messages`` and wait (up to ``timeout``) until the loop has handled them;
+        return what it had to send to their sender meanwhile (the inline-reply PeerReceiver
+        port). After the timeout the slot is abandoned and late replies go out as requests."""
+        if not messages:
+            return []
+        if sender_name:
+            self._names.setdefault(messages[0].frm, sender_name)
+        slot = _ReplySlot(messages[0].frm, messages)
+        self._inbox.put(slot)
+        if not slot.done.wait(timeout):
+            with self._slot_lock:
+                slot.abandoned = True
+                replies, slot.replies = slot.replies, []
+            if replies and self._transport is not None:
+                self._transport.send(replies)
+            return []
+        return slot.replies
 
     def register(self, machine: StateMachine) -> StateMachine:
         """Register a replicated state machine. Every node must register the same machines,
@@ -608,6 +654,8 @@ class ClusterNode:
                 self._append_proposals(core)
                 self._tick(core)
                 self._process_ready(core)
+                if self._reply_slots:
+                    self._close_reply_slots()
         except BaseException as exc:  # a storage failure or a bug: stop, loudly
             self._failure = exc
             log.critical(
@@ -631,13 +679,93 @@ class ClusterNode:
                 event.future.set_result(event.fn(core))
             except BaseException as exc:
                 event.future.set_exception(exc)
+        elif isinstance(event, _ReplySlot):
+            previous = self._reply_slots.get(event.peer)
+            if previous is not None:
+                previous.done.set()
+            self._reply_slots[event.peer] = event
+            for message in event.messages:
+                self._step(core, message)
         else:
-            self.stats.messages_received += 1
-            try:
-                core.step(event)  # type: ignore[arg-type]
-            except CatgaError as exc:
-                self.stats.invalid_messages += 1
-                log.debug("node %s dropped a message: %s", self.node_id, exc)
+            self._step(core, event)
+
+    def _step(self, core: RaftCore, message: Message) -> None:
+        self.stats.messages_received += 1
+        try:
+            core.step(message)
+        except CatgaError as exc:
+            self.stats.invalid_messages += 1
+            log.debug("node %s dropped a message: %s", self.node_id, exc)
+
+    def _send(self, transport: Transport, messages: Sequence[Message]) -> None:
+        """Send ``messages``; those for a peer whose request is open go back in its response."""
+        slots = self._reply_slots
+        if slots:
+            rest = []
+            with self._slot_lock:
+                for message in messages:
+                    slot = slots.get(message.to)
+                    if slot is not None and not slot.abandoned:
+                        slot.replies.append(message)
+                        self.stats.inline_replies += 1
+                    else:
+                        rest.append(message)
+            messages = rest
+        if messages:
+            transport.send(messages)
+
+    def _close_reply_slots(self) -> None:
+        slots, self._reply_slots = self._reply_slots, {}
+        for slot in slots.values():
+            slot.done.set()
+
+    def _flush_hard_state(self, storage: Storage) -> None:
+        """On a clean stop, write the commit index that _persist left for later."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return  # the loop did not stop: it owns the storage
+        latest, written = self._latest_hard, self._written_hard
+        if latest is None or latest == written or self._failure is not None:
+            return
+        try:
+            storage.persist(
+                hard_state=latest, entries=(), snapshot=None, snapshot_replaces_log=False
+            )
+            self._written_hard = latest
+        except CatgaError as exc:
+            log.info("node %s: commit index not written on stop: %s", self.node_id, exc)
+
+    def _persist(self, storage: Storage, ready: Ready) -> None:
+        """Persist ``ready``, except a change of the commit index alone.
+
+        Raft keeps the commit index volatile (a restarted node learns it again from the
+        leader), so a Ready whose only durable change is the commit index is not written: that
+        saves one fsync per command on every node. The latest hard state goes to disk with the
+        next write that must happen (new entries, a snapshot, a new term or vote).
+        """
+        hard = ready.hard_state
+        if hard is not None:
+            self._latest_hard = hard
+        written = self._written_hard
+        latest = self._latest_hard
+        if (
+            not ready.entries
+            and ready.snapshot is None
+            and hard is not None
+            and written is not None
+            and (hard.term, hard.vote) == (written.term, written.vote)
+        ):
+            self.stats.commit_only_writes_skipped += 1
+            return
+        if not ready.entries and ready.snapshot is None and latest == written:
+            return
+        storage.persist(
+            hard_state=latest if latest != written else None,
+            entries=ready.entries,
+            snapshot=ready.snapshot,
+            snapshot_replaces_log=ready.apply_snapshot,
+        )
+        self._written_hard = latest
 
     def _append_proposals(self, core: RaftCore) -> None:
         """Append the proposals drained so far as one batch and answer each with its index."""
@@ -677,12 +805,12 @@ class ClusterNode:
             ready = core.ready()
             self.stats.readies += 1
             if ready.early_messages:
-                transport.send(ready.early_messages)
-            persist_ready(storage, ready)  # 1. persist
+                self._send(transport, ready.early_messages)
+            self._persist(storage, ready)  # 1. persist
             self.stats.entries_persisted += len(ready.entries)
             self.stats.bytes_persisted += sum(len(e.data) for e in ready.entries)
             if ready.messages:  # 2. send
-                transport.send(ready.messages)
+                self._send(transport, ready.messages)
             self.stats.messages_sent += len(ready.messages) + len(ready.early_messages)
             self._apply(ready)  # 3. apply
             core.advance(ready)  # 4. advance
@@ -768,6 +896,7 @@ class ClusterNode:
             update(sorted(peers))
 
     def _fail_waiters(self, error: BaseException) -> None:
+        self._close_reply_slots()
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             if not waiter.future.done():

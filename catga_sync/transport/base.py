@@ -37,6 +37,19 @@ class PeerReceiver(Protocol):
 
 
 @runtime_checkable
+class InlineReplyReceiver(Protocol):
+    """A receiver that can answer a peer's request in its response (the HTTP transport asks
+    for it with ``X-Catga-Reply: inline``)."""
+
+    def receive_and_reply(
+        self, messages: Sequence[Message], sender_name: str | None, timeout: float
+    ) -> list[Message]:
+        """Queue ``messages``, wait until they are handled and persisted (at most ``timeout``
+        seconds) and return the messages for their sender produced meanwhile."""
+        ...
+
+
+@runtime_checkable
 class ProposalReceiver(Protocol):
     """A node that takes proposals forwarded by followers (when it leads)."""
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from ..errors import CatgaError, ConfigError
 from ..raft import (
     Heartbeat,
     HeartbeatResponse,
@@ -38,10 +38,17 @@ from ..raft import (
     VoteRequest,
     VoteResponse,
 )
-from .signing import peer_post_headers
+from .base import PeerReceiver
+from .signing import peer_post_headers, verify_reply
 from .wire import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SIGNATURE_WINDOW,
+    HEADER_REPLY,
+    HEADER_SIGNATURE,
+    INLINE_REPLY,
     RAFT_PATH,
+    check_addressing,
+    decode_batch,
     encode_batches,
     normalize_url_prefix,
 )
@@ -263,10 +270,15 @@ class _PeerSender:
         )
         error: str | None = None
         rejected = False
+        replies_to = owner.reply_receiver
+        if replies_to is not None:
+            headers[HEADER_REPLY] = INLINE_REPLY
         started = time.monotonic()
         try:
-            status, answer = self._request(body, headers)
-            if status != 202:
+            status, answer, reply_headers = self._request(body, headers)
+            if status == 200 and replies_to is not None:
+                self._take_replies(replies_to, answer, headers, reply_headers)
+            elif status != 202:
                 rejected = 400 <= status < 500
                 error = _describe_refusal(status, answer)
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out...
@@ -288,8 +300,40 @@ class _PeerSender:
         owner.observe(self.peer, elapsed, error is None)
         return error is None
 
-    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        """POST ``body`` on the kept-alive connection (opened as needed); (status, answer)."""
+    def _take_replies(
+        self,
+        receiver: PeerReceiver,
+        answer: bytes,
+        request_headers: dict[str, str],
+        reply_headers: dict[str, str],
+    ) -> None:
+        """Hand the messages the peer answered inline to our node, once checked like a request
+        of its own: signed (with a secret), well formed, from that peer and to us."""
+        owner = self.owner
+        try:
+            if owner.secret is not None:
+                verify_reply(
+                    owner.secret,
+                    self.path,
+                    request_headers.get(HEADER_SIGNATURE, ""),
+                    answer,
+                    reply_headers,
+                    time.time(),
+                    DEFAULT_SIGNATURE_WINDOW,
+                )
+            messages = decode_batch(answer)
+            check_addressing(messages, sender=self.peer, receiver=owner.sender_id)
+        except CatgaError as exc:
+            with self.lock:
+                self.last_error = f"bad inline reply: {exc}"
+            logger.warning("Dropped an inline reply from peer %s: %s", self.peer, exc)
+            return
+        if messages:
+            receiver.receive(messages, None)
+
+    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        """POST ``body`` on the kept-alive connection (opened as needed); (status, answer,
+        the answer's headers)."""
         connection = self.connection
         if connection is not None and _dropped(connection):
             self._disconnect()  # the peer closed it while idle (a restart, an idle timeout)
@@ -308,7 +352,7 @@ class _PeerSender:
         answer = response.read()
         if response.will_close:
             self._disconnect()
-        return response.status, answer
+        return response.status, answer, {k.title(): v for k, v in response.getheaders()}
 
     def _disconnect(self) -> None:
         connection, self.connection = self.connection, None
@@ -384,6 +428,7 @@ class HttpTransport:
         queue_limit: int = 1024,
         max_batch_bytes: int = DEFAULT_MAX_BODY_BYTES,
         rpc_observer: RpcObserver | None = None,
+        reply_receiver: PeerReceiver | None = None,
     ) -> None:
         if not sender_id:
             raise ConfigError("sender_id must be this node's Raft id (its normalized endpoint)")
@@ -405,6 +450,8 @@ class HttpTransport:
         self.queue_limit = queue_limit
         self.max_batch_bytes = max_batch_bytes
         self._observer = rpc_observer
+        self.reply_receiver = reply_receiver
+        """Where messages peers answer inline go (our node); None: ask for no inline replies."""
         self._senders: dict[str, _PeerSender] = {}
         self._retired: list[_PeerSender] = []
         self._unroutable: set[str] = set()

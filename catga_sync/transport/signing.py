@@ -31,9 +31,11 @@ __all__ = [
     "canonical_string",
     "format_timestamp",
     "peer_post_headers",
+    "reply_headers",
     "sign",
     "signed_headers",
     "verify",
+    "verify_reply",
 ]
 
 _TIMESTAMP = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
@@ -87,6 +89,30 @@ def peer_post_headers(
     if secret:
         headers.update(signed_headers(secret, "POST", path, body, sender, now))
     return headers
+
+
+def reply_headers(
+    secret: str | None, path: str, request_signature: str, body: bytes, responder: str, now: float
+) -> dict[str, str]:
+    """The signature headers of an inline reply (none without a secret). The reply is signed
+    like a request whose method is ``REPLY`` and whose path carries the request's signature,
+    so a reply is bound to the one request it answers and cannot be replayed to another."""
+    if not secret:
+        return {}
+    return signed_headers(secret, "REPLY", f"{path}#{request_signature}", body, responder, now)
+
+
+def verify_reply(
+    secret: str,
+    path: str,
+    request_signature: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    now: float,
+    window: float,
+) -> None:
+    """Check an inline reply signed by :func:`reply_headers`; raise PeerAuthError."""
+    verify(secret, "REPLY", f"{path}#{request_signature}", body, headers, now, window)
 
 
 def verify(

@@ -35,6 +35,10 @@ HEADER_SENDER = "X-Catga-Sender"
 """The sender's Raft id (its normalized endpoint); every message's ``from`` must equal it."""
 HEADER_NODE = "X-Catga-Node"
 """The sender's human node name, for logs only (not signed, not trusted)."""
+HEADER_REPLY = "X-Catga-Reply"
+"""On a peer RPC request, ``inline``: answer with the messages for the sender in the response
+body (200) once they are persisted, instead of 202 and a request of our own later."""
+INLINE_REPLY = "inline"
 HEADER_TIMESTAMP = "X-Catga-Timestamp"
 HEADER_SIGNATURE = "X-Catga-Signature"
 

@@ -26,26 +26,34 @@ from ..errors import (
     PeerAuthError,
     ProposalDroppedError,
 )
-from ..transport.base import PeerReceiver, ProposalReceiver
+from ..transport.base import InlineReplyReceiver, PeerReceiver, ProposalReceiver
 from ..transport.proposals import PROPOSE_PATH, decode_proposal, outcome_json
-from ..transport.signing import ReplayGuard, verify
+from ..transport.signing import ReplayGuard, reply_headers, verify
 from ..transport.wire import (
     DEFAULT_URL_PREFIX,
     HEADER_NODE,
+    HEADER_REPLY,
     HEADER_SENDER,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     INFO_PATH,
+    INLINE_REPLY,
     MAX_NODE_NAME_LENGTH,
     PROTOCOL_VERSION,
     RAFT_PATH,
     WireFormatError,
     check_addressing,
     decode_batch,
+    encode_batch,
     normalize_url_prefix,
 )
 
 logger = logging.getLogger(__name__)
+
+INLINE_REPLY_WAIT = 0.05
+"""Seconds a peer request asking for an inline reply waits for the Raft loop (normally about
+one fsync). Past it the request is answered empty and the replies leave as our own requests,
+well before the sender's timeout (the election timeout, 100 ms at the least)."""
 
 # Every common method is routed to the views so a wrong one gets our JSON 405, not Werkzeug's
 # HTML page (a blueprint's error handlers never see routing errors).
@@ -192,6 +200,20 @@ def create_peer_blueprint(
         receiver = receiver_or_503()
         messages = decode_batch(body)
         check_addressing(messages, sender=sender, receiver=receiver.raft_id)
+        if request.headers.get(HEADER_REPLY) == INLINE_REPLY and isinstance(
+            receiver, InlineReplyReceiver
+        ):
+            replies = receiver.receive_and_reply(messages, sender_name, INLINE_REPLY_WAIT)
+            answer = encode_batch(replies)
+            headers = reply_headers(
+                gate.secret,
+                _signed_path(),
+                request.headers.get(HEADER_SIGNATURE, ""),
+                answer,
+                receiver.raft_id,
+                time.time(),
+            )
+            return Response(answer, 200, headers, mimetype="application/json"), 200
         if messages:
             receiver.receive(messages, sender_name)
         return jsonify(accepted=len(messages)), 202

@@ -1,0 +1,155 @@
+"""One HTTP exchange per Raft round trip, and no fsync for a commit index alone.
+
+A peer request that asks for an inline reply (``X-Catga-Reply: inline``) is answered with the
+messages for its sender once they are persisted; the reply is signed and bound to its request
+when the cluster has a secret. A Ready whose only durable change is the commit index is not
+written; the index goes to disk with the next write or on a clean stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pytest
+from _peer_support import RecordingReceiver, heartbeat, heartbeat_response, peer_app, serve
+from e2e.harness import free_ports
+
+from catga_sync.config import ClusterConfig
+from catga_sync.errors import PeerAuthError
+from catga_sync.kv import ReplicatedDict
+from catga_sync.node import ClusterNode
+from catga_sync.raft import Message
+from catga_sync.storage import MemoryStorage
+from catga_sync.transport.http import HttpTransport
+from catga_sync.transport.signing import reply_headers, verify_reply
+
+SECRET = "inline reply secret"
+ME = "http://127.0.0.1:5000"
+WAIT = 10.0
+
+
+class AnsweringReceiver(RecordingReceiver):
+    """A receiver that answers every heartbeat inline, as a node's Raft loop would."""
+
+    def receive_and_reply(
+        self, messages: Sequence[Message], sender_name: str | None, timeout: float
+    ) -> list[Message]:
+        self.receive(messages, sender_name)
+        return [heartbeat_response(self.raft_id, m.frm, m.term, m.context) for m in messages]
+
+
+@pytest.mark.parametrize("secret", [None, SECRET])
+def test_a_heartbeat_is_answered_in_the_response_of_its_request(secret: str | None) -> None:
+    peer = AnsweringReceiver("placeholder")
+    with serve(peer_app(lambda: peer, secret=secret)) as server:
+        peer_id = f"http://127.0.0.1:{server.port}"
+        peer._raft_id = peer_id
+        ours = RecordingReceiver(ME)
+        transport = HttpTransport(
+            sender_id=ME,
+            sender_name="me",
+            peers=[peer_id],
+            secret=secret,
+            url_prefix="/_catga",
+            timeout=2.0,
+            reply_receiver=ours,
+        )
+        try:
+            transport.send([heartbeat(ME, peer_id, term=3, context="ctx")])
+            assert ours.wait_for(1), transport.stats()
+        finally:
+            transport.close()
+    assert peer.messages == [heartbeat(ME, peer_id, term=3, context="ctx")]
+    assert ours.messages == [heartbeat_response(peer_id, ME, 3, "ctx")]
+
+
+def test_a_reply_is_bound_to_the_request_it_answers() -> None:
+    body = b'{"messages":[]}'
+    headers = reply_headers(SECRET, "/_catga/raft", "a" * 64, body, "http://peer", time.time())
+    verify_reply(SECRET, "/_catga/raft", "a" * 64, body, headers, time.time(), 30)
+    with pytest.raises(PeerAuthError, match="bad signature"):
+        verify_reply(SECRET, "/_catga/raft", "b" * 64, body, headers, time.time(), 30)
+    with pytest.raises(PeerAuthError, match="bad signature"):
+        verify_reply(SECRET, "/_catga/raft", "a" * 64, body + b" ", headers, time.time(), 30)
+    assert reply_headers(None, "/_catga/raft", "a" * 64, body, "http://peer", time.time()) == {}
+
+
+def _disk_image(storage: MemoryStorage) -> MemoryStorage:
+    """A copy of what ``storage`` holds now, as a crash would leave it (white-box: the fields
+    of the in-memory storage are its "disk")."""
+    image = MemoryStorage(storage.node_id)
+    with storage._mutex:
+        image._hard = storage._hard
+        image._entries = list(storage._entries)
+        image._snapshot = storage._snapshot
+        image._bounds = storage._bounds
+    return image
+
+
+def _cluster() -> tuple[list[ClusterNode], list[MemoryStorage], list[ClusterConfig]]:
+    members = tuple(f"http://127.0.0.1:{p}" for p in free_ports(3))
+    configs = [
+        ClusterConfig(
+            local_node_endpoint=members[k],
+            members=members,
+            node_id=f"node{k}",
+            election_timeout=timedelta(milliseconds=150),
+            heartbeat_interval=timedelta(milliseconds=50),
+            secret=SECRET,
+        )
+        for k in range(3)
+    ]
+    storages = [MemoryStorage(f"node{k}") for k in range(3)]
+    nodes = [ClusterNode(configs[k], storage=storages[k]) for k in range(3)]
+    for node in nodes:
+        node.register(ReplicatedDict())
+        node.start()
+    return nodes, storages, configs
+
+
+def _leader(nodes: list[ClusterNode]) -> ClusterNode:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for node in nodes:
+            status = node.status
+            if node.running and status.is_leader and status.commit_term == status.term:
+                return node
+        time.sleep(0.01)
+    raise AssertionError("no leader")
+
+
+def test_followers_answer_inline_and_skip_commit_only_writes_yet_recover_on_restart() -> None:
+    nodes, storages, configs = _cluster()
+    try:
+        leader = _leader(nodes)
+        kv = leader.state(ReplicatedDict)
+        for k in range(30):
+            kv.set(f"k{k}", k)
+        followers = [n for n in nodes if n is not leader]
+        for node in followers:
+            node.wait_for(lambda s: s.last_applied >= leader.status.commit_index, WAIT)
+            assert node.stats.inline_replies > 0  # answers rode on the leader's requests
+            assert node.stats.commit_only_writes_skipped > 0  # commit notices cost no fsync
+        # What a follower killed now (no clean stop) would find on disk: a commit index behind
+        # what it applied. It comes back with every entry and learns the commit from the leader.
+        k = nodes.index(followers[0])
+        image = _disk_image(storages[k])
+        assert image._hard.commit <= followers[0].status.last_applied
+        # The worst such image: no commit index ever written (every write skipped it).
+        image._hard = dataclasses.replace(image._hard, commit=0)
+        nodes[k].stop(transfer=False)
+        # A clean stop writes the commit index it had left for later.
+        assert storages[k]._hard.commit == followers[0].status.last_applied
+        nodes[k] = ClusterNode(configs[k], storage=image)
+        nodes[k].register(ReplicatedDict())
+        nodes[k].start()
+        kv.set("after", "restart")
+        nodes[k].wait_for(lambda s: s.last_applied >= leader.status.commit_index, WAIT)
+        assert nodes[k].state(ReplicatedDict).local.get("k29") == 29
+        assert nodes[k].state(ReplicatedDict).local.get("after") == "restart"
+    finally:
+        for node in nodes:
+            node.stop(transfer=False)
