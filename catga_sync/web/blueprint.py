@@ -216,7 +216,8 @@ def create_peer_blueprint(
             return Response(answer, 200, headers, mimetype="application/json"), 200
         if messages:
             receiver.receive(messages, sender_name)
-        return jsonify(accepted=len(messages)), 202
+        # Built by hand: jsonify costs a tenth of a peer POST, and this is every heartbeat.
+        return Response(b'{"accepted":%d}' % len(messages), 202, mimetype="application/json"), 202
 
     @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def propose() -> tuple[Response, int]:
