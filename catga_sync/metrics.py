@@ -25,6 +25,15 @@ _COUNTERS = (
     ("messages_sent", "Raft messages handed to the transport"),
     ("messages_received", "Raft messages received from peers"),
     ("invalid_messages", "Peer messages the core refused"),
+    ("singleton_task_starts", "Singleton task runs started on this node"),
+    ("singleton_task_stops", "Singleton task runs that ended"),
+    ("singleton_task_restarts", "Singleton task runs started again after a failure"),
+    ("singleton_task_failures", "Singleton task runs that raised"),
+    ("singleton_task_stuck", "Singleton task runs that ignored the stop past stop_timeout"),
+    ("leader_job_runs", "Leader-gated job runs started on this node"),
+    ("leader_job_misses", "Due fire times of gated jobs coalesced, dropped or not confirmed"),
+    ("leader_job_failures", "Leader-gated job runs that raised"),
+    ("leader_job_skips", "Gated job fires skipped because the log shows them completed"),
 )
 
 

@@ -53,6 +53,7 @@ from .errors import (
 )
 from .fsm import Outcome, ReplicatedState, StateMachine
 from .idempotency import IdempotencyTable
+from .jobs import JobRuns
 from .raft import (
     Entry,
     EntryType,
@@ -136,6 +137,25 @@ class NodeStats:
     messages_sent: int = 0
     messages_received: int = 0
     invalid_messages: int = 0
+    singleton_task_starts: int = 0
+    """Singleton task runs started on this node (:mod:`catga_sync.singleton`)."""
+    singleton_task_stops: int = 0
+    """Singleton task runs that ended (told to stop, returned or raised)."""
+    singleton_task_restarts: int = 0
+    """Singleton task runs started again after the previous run raised."""
+    singleton_task_failures: int = 0
+    """Singleton task runs that raised."""
+    singleton_task_stuck: int = 0
+    """Singleton task runs still going ``stop_timeout`` after they were told to stop."""
+    leader_job_runs: int = 0
+    """Leader-gated job runs started on this node (:mod:`catga_sync.jobs`)."""
+    leader_job_misses: int = 0
+    """Due fire times of gated jobs not run on their own (coalesced, too late, or leadership
+    not confirmed)."""
+    leader_job_failures: int = 0
+    """Gated job runs that raised."""
+    leader_job_skips: int = 0
+    """Gated job fires skipped because the log shows that fire time already completed."""
 
 
 @dataclass(slots=True)
@@ -212,6 +232,7 @@ class ClusterNode:
         self._serve_http = serve_http
         self.state_machines = ReplicatedState(session_ttl=session_ttl)
         """The replicated state machines and client sessions (see :mod:`catga_sync.fsm`)."""
+        self.state_machines.register(JobRuns())  # leader-gated jobs' last runs (jobs.py)
         self._applier = applier or self._apply_command
         self._custom_applier = applier is not None
         self._proposals: ProposalClient | None = None
@@ -687,7 +708,7 @@ class ClusterNode:
             for message in event.messages:
                 self._step(core, message)
         else:
-            self._step(core, event)
+            self._step(core, event)  # type: ignore[arg-type]  # a peer message, by elimination
 
     def _step(self, core: RaftCore, message: Message) -> None:
         self.stats.messages_received += 1
@@ -977,13 +998,20 @@ class ClusterNode:
     # ========================================================================================
     # Timers and the embedded server
 
+    @property
+    def scheduler(self) -> BaseScheduler:
+        """The APScheduler scheduler of the node's jobs: the one it was given, or its own
+        BackgroundScheduler (made on first use, started with the node, shut down with it)."""
+        if self._scheduler is None:
+            from apscheduler.schedulers.background import BackgroundScheduler
+
+            self._scheduler = BackgroundScheduler(daemon=True)
+        return self._scheduler
+
     def _start_tick_job(self) -> None:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
-        from apscheduler.schedulers.background import BackgroundScheduler
 
-        if self._scheduler is None:
-            self._scheduler = BackgroundScheduler(daemon=True)
-        scheduler = self._scheduler
+        scheduler = self.scheduler
         _quiet_skip_warnings()
         scheduler.add_listener(self._on_job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         scheduler.add_job(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 
 from ..config import ClusterConfig
 from ..errors import CatgaError
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=StateMachine)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 log = logging.getLogger("catga_sync.web")
 
@@ -67,6 +69,9 @@ class CatgaCluster:
         self._scheduler = scheduler
         self._ops_routes = ops_routes
         self._state_machines = tuple(state_machines)
+        self._deferred: list[Callable[[ClusterNode], object]] = []
+        """Registrations made before init_app (module-level decorators): run on every node."""
+        self._nodes: weakref.WeakSet[ClusterNode] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -83,6 +88,9 @@ class CatgaCluster:
         for machine in self._state_machines:
             # A class gets a fresh instance per app: two apps must not share state.
             node.register(machine() if isinstance(machine, type) else machine)
+        for register in self._deferred:
+            register(node)
+        self._nodes.add(node)
         app.extensions[EXTENSION_KEY] = ClusterState(self, config, node)
         register_node_routes(app, node, ops_routes=self._ops_routes)
         if not config.autostart:
@@ -162,6 +170,62 @@ class CatgaCluster:
     def stop(self, app: Flask | None = None, **kwargs: Any) -> None:
         """Stop the node, handing leadership over first when it leads."""
         self.state_of(app).node.stop(**kwargs)
+
+    def add_singleton_task(
+        self, task: T, *, name: str | None = None, app: Flask | None = None
+    ) -> T:
+        """Run ``task`` on whichever node leads (the guide's ``AddSingletonTask``): a
+        :class:`~catga_sync.singleton.SingletonTaskRunner` (instance or subclass) or a function
+        ``fn(ctx)``. At module level it applies to every app this extension joins (before or
+        after ``init_app``); with ``app=`` or in an app context, to that app's node only.
+        ``SingletonTasks.of(node).add(...)`` does the same without Flask."""
+        from ..singleton import SingletonTasks
+
+        def register(node: ClusterNode) -> object:
+            return SingletonTasks.of(node).add(task, name=name)
+
+        self._register(register, app)
+        return task
+
+    def singleton_job(
+        self,
+        trigger: Any = None,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        id: str | None = None,
+        name: str | None = None,
+        *,
+        app: Flask | None = None,
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Decorator: an APScheduler job that runs on the leader only
+        (``@cluster.singleton_job("interval", seconds=30, id="purge")``, the shape of
+        ``scheduled_job``), at least once per due fire time (:mod:`catga_sync.jobs`). At module
+        level it applies to every app this extension joins; with ``app=`` or in an app
+        context, to that app's node only. ``scheduler=`` puts the job on another scheduler
+        than the node's (Flask-APScheduler's ``aps.scheduler``)."""
+        from ..jobs import LeaderJobs, check_job_options
+
+        check_job_options(trigger, options)  # bad options fail here, not at init_app
+
+        def decorate(func: F) -> F:
+            def register(node: ClusterNode) -> object:
+                return LeaderJobs.of(node).add_job(func, trigger, args, kwargs, id, name, **options)
+
+            self._register(register, app)
+            return func
+
+        return decorate
+
+    def _register(self, register: Callable[[ClusterNode], object], app: Flask | None) -> None:
+        """Run ``register`` on the app's node now (with ``app=`` or in an app context), or on
+        every node this extension has made and will make (at module level, the Flask idiom)."""
+        if app is not None or has_app_context():
+            register(self.state_of(app).node)
+            return
+        self._deferred.append(register)
+        for node in list(self._nodes):
+            register(node)
 
 
 def _in_reloader_parent(app: Flask) -> bool:

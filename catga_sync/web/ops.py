@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, jsonify
 
-from .. import health, metrics
+from .. import health, jobs, metrics, singleton
 
 if TYPE_CHECKING:
     from ..node import ClusterNode
@@ -27,6 +27,8 @@ def cluster_document(node: ClusterNode) -> dict[str, Any]:
         "last_applied": status.last_applied,
         "members": list(status.members),
         "running": status.running,
+        "singleton_tasks": singleton.describe(node),
+        "singleton_jobs": jobs.describe(node),
     }
 
 
