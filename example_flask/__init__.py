@@ -44,6 +44,7 @@ from catga_sync.mediator import Mediator, Next
 from catga_sync.state import StateHandle
 from catga_sync.web.extension import CatgaCluster
 
+from . import background
 from .orders import (
     CannotShip,
     InvalidOrder,
@@ -94,7 +95,10 @@ def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flas
         CatgaCluster(app, config=config, state_machines=[Orders], mediator=mediator)
     else:
         cluster.init_app(app)
-    app.extensions[FORWARD_KEY] = ForwardToLeaderBehavior(CatgaCluster.state_of(app).node)
+    node = CatgaCluster.state_of(app).node
+    app.extensions[FORWARD_KEY] = ForwardToLeaderBehavior(node)
+    if app.config.get("EXAMPLE_BACKGROUND", True):
+        background.install(node, app)  # the OutboxProcessor and the report job: leader only
     app.register_blueprint(orders_blueprint)
     # Routing errors (unknown path, wrong method) never reach a blueprint's handlers.
     app.register_error_handler(HTTPException, _http_error)
@@ -107,7 +111,17 @@ def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flas
             node_id=coordinator.node_id,
             is_leader=coordinator.is_leader,
             leader=coordinator.leader_endpoint,
-            see=["/orders", "/cluster", "/health", "/livez", "/readyz", "/metrics"],
+            see=[
+                "/orders",
+                "/outbox",
+                "/report",
+                "/locks/<name>",
+                "/cluster",
+                "/health",
+                "/livez",
+                "/readyz",
+                "/metrics",
+            ],
         )
 
     return app
@@ -142,6 +156,22 @@ def create_order() -> tuple[Response, int]:
 @orders_blueprint.get("/orders")
 def list_orders() -> Response:
     return jsonify(orders=orders().all_orders())
+
+
+@orders_blueprint.get("/outbox")
+def outbox() -> Response:
+    """What the OutboxProcessor did: ``{"fence", "processed": [{"order_id", "fencing_token"}],
+    "pending": [ids]}`` (linearizable)."""
+    return jsonify(orders().outbox())
+
+
+@orders_blueprint.get("/report")
+def report() -> tuple[Response, int]:
+    """The report job's last report, or 404 while it has not run yet."""
+    last = orders().report()
+    if last is None:
+        return _error(404, "no_report", "The report job has not run yet.")
+    return jsonify(last), 200
 
 
 @orders_blueprint.get("/orders/<order_id>")

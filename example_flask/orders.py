@@ -58,6 +58,11 @@ class CannotShip(CatgaError, ValueError):
     """The order's status does not allow shipping it (cancelled, say)."""
 
 
+class StaleFencingToken(CatgaError, ValueError):
+    """The outbox was written under a newer fencing token (a newer leader's term) than this
+    write carries: it comes from a leader that has since been replaced, and is refused."""
+
+
 class InvalidOrder(CatgaError, ValueError):
     """A command's arguments break an order's rules; nothing was changed."""
 
@@ -106,6 +111,12 @@ class Orders(StateMachine):
     def __init__(self) -> None:
         self.orders: dict[str, dict[str, Any]] = {}
         self.next_id = 1
+        self.processed: dict[str, int] = {}
+        """The outbox: order id -> the fencing token the OutboxProcessor processed it under."""
+        self.outbox_fence = 0
+        """The highest fencing token the outbox has accepted: an older one is refused."""
+        self.last_report: dict[str, Any] | None = None
+        """What the leader-gated report job wrote last."""
 
     @command
     def create(self, customer: str, amount: int | float) -> dict[str, Any]:
@@ -153,6 +164,53 @@ class Orders(StateMachine):
         order["status"] = "shipped"
         order["version"] += 1
         return dict(order)
+
+    @command
+    def mark_processed(self, order_id: str, fencing_token: int) -> dict[str, Any]:
+        """Record that the OutboxProcessor handled ``order_id`` under ``fencing_token`` (the
+        term it ran in). Fenced: a token older than one already seen is refused with
+        :class:`StaleFencingToken`, so a deposed leader that wakes up late writes nothing.
+        The order itself (status, version) is not touched: those belong to the clients'
+        compare-and-set updates, which a background writer must not make fail."""
+        if isinstance(fencing_token, bool) or not isinstance(fencing_token, int):
+            raise InvalidOrder("fencing_token must be an integer")
+        if fencing_token < self.outbox_fence:
+            raise StaleFencingToken(
+                f"fencing token {fencing_token} is older than {self.outbox_fence}, which the "
+                "outbox has already accepted: this write comes from a replaced leader"
+            )
+        if order_id not in self.orders:
+            raise OrderNotFound.for_id(order_id)
+        self.outbox_fence = fencing_token
+        token = self.processed.setdefault(order_id, fencing_token)
+        return {"order_id": order_id, "fencing_token": token}
+
+    @command
+    def record_report(
+        self, counts: dict[str, int], fire_time: str, fencing_token: int
+    ) -> dict[str, Any]:
+        """Keep the report job's latest report (counts of orders by status)."""
+        report = {"counts": counts, "fire_time": fire_time, "fencing_token": fencing_token}
+        self.last_report = report
+        return report
+
+    @query
+    def report(self) -> dict[str, Any] | None:
+        return self.last_report
+
+    @query
+    def outbox(self) -> dict[str, Any]:
+        """The outbox: orders processed (with their tokens), orders still pending, the fence."""
+        pending = [
+            order_id
+            for order_id, order in self.orders.items()
+            if order["status"] == "created" and order_id not in self.processed
+        ]
+        processed = [
+            {"order_id": order_id, "fencing_token": token}
+            for order_id, token in self.processed.items()
+        ]
+        return {"fence": self.outbox_fence, "processed": processed, "pending": pending}
 
     @query
     def get(self, order_id: str) -> dict[str, Any] | None:

@@ -36,7 +36,11 @@ def _settled(node: ClusterNode) -> None:
 
 @pytest.fixture
 def app() -> Iterator[Flask]:
-    app = create_app(ClusterConfig(local_node_endpoint="http://localhost:7431", node_id="solo"))
+    # Without the background work: these tests count log entries to prove nothing was applied.
+    app = create_app(
+        ClusterConfig(local_node_endpoint="http://localhost:7431", node_id="solo"),
+        EXAMPLE_BACKGROUND=False,
+    )
     node = CatgaCluster.state_of(app).node
     try:
         _settled(node)
