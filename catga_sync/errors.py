@@ -11,14 +11,17 @@ __all__ = [
     "CommitTimeoutError",
     "ConfigError",
     "ForwardingError",
+    "InvalidLockRequestError",
     "InvalidMessageError",
     "LeadershipTransferError",
     "LockNotAcquiredError",
+    "LockNotHeldError",
     "MembershipChangeError",
     "NoLeaderError",
     "NotLeaderError",
     "PeerAuthError",
     "ProposalDroppedError",
+    "StaleTokenError",
     "StorageError",
 ]
 
@@ -105,3 +108,18 @@ class ForwardingError(CatgaError):
 
 class StorageError(CatgaError):
     """The node's persistent state could not be read or written."""
+
+
+class InvalidLockRequestError(CatgaError, ValueError):
+    """A lock request is malformed (its name, TTL, owner, token or wait); nothing changed."""
+
+
+class LockNotHeldError(CatgaError, RuntimeError):
+    """The lock is not held with this fencing token: it was released, it expired, or it went to
+    another holder since. Work done after the lease was lost may be stale; a fenced resource
+    refuses it (see :mod:`catga_sync.fencing`)."""
+
+
+class StaleTokenError(LockNotHeldError):
+    """A fenced resource refused a write: a holder with a newer fencing token wrote since, so
+    this holder's lease was lost. Do not retry with the same token; acquire the lock again."""

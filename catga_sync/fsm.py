@@ -66,7 +66,7 @@ class StateMachine:
     :func:`command` and those that read it with :func:`query`. Arguments, results and the
     snapshot are JSON. ``apply`` must be deterministic: the same commands in the same order
     give the same state on every node (no clock, no randomness, no I/O — the entry time is
-    available as :attr:`now` for expiry logic).
+    available as :attr:`now` for expiry logic, the entry's log index as :attr:`entry_index`).
 
     The default :meth:`snapshot` and :meth:`restore` save the instance's public attributes;
     override them when the state is not plain JSON.
@@ -77,11 +77,15 @@ class StateMachine:
     now: float = 0.0
     """The time of the entry being applied (the proposer's clock; never goes backwards)."""
 
+    entry_index: int = 0
+    """The log index of the entry being applied: the same on every node, and increasing (a
+    fencing token, say)."""
+
     def snapshot(self) -> Any:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "now"}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in _CONTEXT}
 
     def restore(self, state: Any) -> None:
-        for key in [k for k in vars(self) if not k.startswith("_") and k != "now"]:
+        for key in [k for k in vars(self) if not k.startswith("_") and k not in _CONTEXT]:
             delattr(self, key)
         for key, value in state.items():
             setattr(self, key, value)
@@ -94,6 +98,9 @@ class StateMachine:
     def queries(cls) -> frozenset[str]:
         return _methods_of_kind(cls, "query")
 
+
+_CONTEXT = frozenset({"now", "entry_index"})
+"""Attributes ReplicatedState sets before each command: not state, not in snapshots."""
 
 _KINDS: dict[tuple[type, str], frozenset[str]] = {}
 """Cached per class: the apply path asks for every entry, and dir() costs ~70 µs."""
@@ -268,6 +275,7 @@ class ReplicatedState:
                 UnknownCommandError(f"no command {machine_name}.{method_name} is registered")
             )
         machine.now = self.time
+        machine.entry_index = self.applied
         try:
             result = getattr(machine, method_name)(*args, **kwargs)
             if type(result) not in _JSON_SCALARS:  # those are JSON as they are: skip the encode

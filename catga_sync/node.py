@@ -268,6 +268,9 @@ class ClusterNode:
         self._status = self._initial_status()
         self._listeners: list[Callable[[NodeStatus, NodeStatus], None]] = []
         self._coordinator: ClusterCoordinator | None = None
+        from .locks import install_lock_table  # the built-in lock table and its lease monitor
+
+        install_lock_table(self)  # after _listeners: its monitor listens to leadership
         _track_fork(self)
 
     # ========================================================================================

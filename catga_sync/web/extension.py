@@ -171,6 +171,26 @@ class CatgaCluster:
         """Stop the node, handing leadership over first when it leads."""
         self.state_of(app).node.stop(**kwargs)
 
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl: float = 30.0,
+        timeout: float | None = None,
+        owner: str | None = None,
+        app: Flask | None = None,
+    ) -> Any:
+        """``with cluster.lock("name", ttl=10) as lease:`` — a cluster-wide lock, acquired from
+        any node (waiting up to ``timeout`` seconds; None: as long as it takes; 0: not at all)
+        and released when the block ends; raises
+        :class:`~catga_sync.errors.LockNotAcquiredError`. ``lease.token`` is its fencing
+        token (:func:`catga_sync.locks.lock`, a context manager of
+        :class:`~catga_sync.locks.Lease`)."""
+        from ..locks import lock
+
+        node = self.state_of(app).node
+        return lock(node, name, ttl=ttl, timeout=timeout, owner=owner)
+
     def add_singleton_task(
         self, task: T, *, name: str | None = None, app: Flask | None = None
     ) -> T:
