@@ -18,6 +18,13 @@ Routes (every answer is JSON; errors are ``{"error": code, "message": text}``):
 - ``POST /orders/<id>/ship`` → 200 with the shipped order: the guide's flow, a ``ShipOrder``
   command sent through the mediator with ``ForwardToLeaderBehavior`` (honours
   ``Idempotency-Key`` too); 409 when the order cannot ship.
+- ``GET /outbox``: what the OutboxProcessor (a singleton task on the leader) processed, with
+  the fencing token of each; ``GET /report``: the leader-gated report job's last report.
+- ``POST /locks/<name>`` ``{"ttl": s, "wait": s, "owner": str}`` → 200 ``{"token", "owner",
+  "expires_in"}`` or 409 when not acquired within ``wait``; ``DELETE /locks/<name>``
+  ``{"token": int}`` → 200, or 409 when that token no longer holds it; ``GET /locks/<name>``
+  → the holder and its waiters, or 404. A lock taken over HTTP is not renewed: it frees itself
+  ``ttl`` seconds after its grant unless released first.
 - 400 for a bad body (nothing is applied); 503 with ``Retry-After`` while the cluster cannot
   take the request (no leader, no quorum, or the outcome is unknown — then retry with the same
   ``Idempotency-Key``).
@@ -36,8 +43,17 @@ from typing import Any, NoReturn, TypeVar
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from catga_sync import locks
 from catga_sync.config import ClusterConfig
-from catga_sync.errors import CatgaError, CommitTimeoutError, NoLeaderError, NotLeaderError
+from catga_sync.errors import (
+    CatgaError,
+    CommitTimeoutError,
+    InvalidLockRequestError,
+    LockNotAcquiredError,
+    LockNotHeldError,
+    NoLeaderError,
+    NotLeaderError,
+)
 from catga_sync.forwarding import ForwardToLeaderBehavior, IdempotencyKeyReusedError
 from catga_sync.fsm import CommandError, RequestExpiredError, UnknownCommandError
 from catga_sync.mediator import Mediator, Next
@@ -63,6 +79,7 @@ MAX_BODY_BYTES = 16 << 10
 """Order bodies are a few dozen bytes; anything this large is a mistake or an attack."""
 
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+DEFAULT_LOCK_TTL = 30.0
 RETRY_AFTER_SECONDS = "1"
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
@@ -237,15 +254,59 @@ def ship_order(order_id: str) -> Response:
     return jsonify(order)
 
 
+# -- locks: the guide's distributed lock, replicated and fenced ---------------------------------
+#
+# A lock taken over HTTP belongs to the HTTP client: nothing renews it, so it frees itself
+# ``ttl`` seconds after the grant unless the client releases it first (with its token).
+
+
+@orders_blueprint.post("/locks/<path:name>")
+def acquire_lock(name: str) -> Response:
+    """``{"ttl": seconds, "wait": seconds, "owner": str}`` (all optional: 30, 0, the client's
+    address) -> 200 ``{"token", "owner", "expires_in"}``, or 409 when not acquired in time."""
+    body = _json_object(set(), frozenset({"ttl", "wait", "owner"}))
+    ttl = body.get("ttl", DEFAULT_LOCK_TTL)
+    wait = body.get("wait", 0)
+    owner = body.get("owner", f"http:{request.remote_addr or 'client'}")
+    lease = locks.acquire(
+        CatgaCluster.state_of().node, name, ttl=ttl, timeout=wait, owner=owner, auto_renew=False
+    )
+    return jsonify(token=lease.token, owner=lease.owner, expires_in=round(lease.remaining(), 3))
+
+
+@orders_blueprint.delete("/locks/<path:name>")
+def release_lock(name: str) -> Response:
+    """``{"token": int}`` -> 200 ``{"released": true, "token"}``, or 409 when that token no
+    longer holds the lock (released already, expired, or never granted)."""
+    body = _json_object({"token"})
+    locks.check_name(name)
+    token = locks.check_token(body["token"])
+    CatgaCluster.state_of().node.state(locks.LockTable).release(name, token)
+    return jsonify(released=True, token=token)
+
+
+@orders_blueprint.get("/locks/<path:name>")
+def describe_lock(name: str) -> tuple[Response, int]:
+    """The lock's holder, token and waiters (linearizable), or 404 when nobody holds it."""
+    locks.check_name(name)
+    lock = CatgaCluster.state_of().node.state(locks.LockTable).describe(name)
+    if lock is None:
+        return _error(404, "not_held", f"Nobody holds lock {name!r}.")
+    return jsonify(lock), 200
+
+
 # -- request parsing ---------------------------------------------------------------------------
 
 
-def _json_object(keys: set[str]) -> dict[str, Any]:
-    """The request body as a JSON object with exactly ``keys``, or a 400/413 ApiError."""
+def _json_object(keys: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The request body as a JSON object with exactly ``keys`` (and any of ``optional``), or
+    a 400/413 ApiError."""
     raw = request.stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"The body must be at most {MAX_BODY_BYTES} bytes.")
     expected = ", ".join(f'"{k}"' for k in sorted(keys))
+    if optional:
+        expected += " (optional: " + ", ".join(f'"{k}"' for k in sorted(optional)) + ")"
     try:
         body = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -256,8 +317,8 @@ def _json_object(keys: set[str]) -> dict[str, Any]:
         raise ApiError(
             400, "invalid_body", f"The body must be a JSON object with the keys {expected}."
         )
-    if set(body) != keys:
-        missing, extra = sorted(keys - set(body)), sorted(set(body) - keys)
+    if not keys <= set(body) <= keys | optional:
+        missing, extra = sorted(keys - set(body)), sorted(set(body) - keys - optional)
         problems = [f"missing {', '.join(missing)}"] if missing else []
         problems += [f"unexpected {', '.join(extra)}"] if extra else []
         raise ApiError(
@@ -378,6 +439,21 @@ def _not_leader(exc: NotLeaderError) -> tuple[Response, int]:
 @orders_blueprint.errorhandler(CommitTimeoutError)
 def _timeout(exc: CommitTimeoutError) -> tuple[Response, int]:
     return _error(503, "commit_timeout", str(exc), request_id=exc.request_id)
+
+
+@orders_blueprint.errorhandler(InvalidLockRequestError)
+def _invalid_lock(exc: InvalidLockRequestError) -> tuple[Response, int]:
+    return _error(400, "invalid_lock_request", str(exc))
+
+
+@orders_blueprint.errorhandler(LockNotAcquiredError)
+def _not_acquired(exc: LockNotAcquiredError) -> tuple[Response, int]:
+    return _error(409, "lock_not_acquired", str(exc))
+
+
+@orders_blueprint.errorhandler(LockNotHeldError)
+def _not_held(exc: LockNotHeldError) -> tuple[Response, int]:
+    return _error(409, "lock_not_held", str(exc))
 
 
 @orders_blueprint.errorhandler(CommandError)
