@@ -23,6 +23,7 @@ counted in :attr:`ClusterNode.stats`, never logged one by one.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -169,6 +170,7 @@ class NodeStats:
 class _Waiter:
     term: int
     future: Future[Any]
+    origin: str | None = None
 
 
 @dataclass(slots=True)
@@ -189,6 +191,7 @@ class _Proposal:
     (``propose_many``): one entry batch, one AppendEntries per follower, one fsync."""
 
     data: bytes
+    origin: str | None = None
     future: Future[tuple[int, Future[Any]]] = field(default_factory=Future)
 
 
@@ -264,6 +267,8 @@ class ClusterNode:
         self._proposals_drained: list[_Proposal] = []
         self._reply_slots: dict[str, _ReplySlot] = {}
         self._parked: dict[str, tuple[AppendEntries, float]] = {}
+        self._awaiting_commit: collections.Counter[str] = collections.Counter()
+        """Followers with forwarded proposals not yet applied: their commit notices go now."""
         """Commit notices held back, by peer, with the time they must leave by."""
         self._slot_lock = threading.Lock()
         self._latest_hard: HardState | None = None
@@ -529,13 +534,17 @@ class ClusterNode:
         """
         return self.propose_indexed(data, timeout=timeout)[1]
 
-    def propose_indexed(self, data: bytes, *, timeout: float | None = None) -> tuple[int, Any]:
-        """Like :meth:`propose`, and also return the entry's log index."""
+    def propose_indexed(
+        self, data: bytes, *, timeout: float | None = None, origin: str | None = None
+    ) -> tuple[int, Any]:
+        """Like :meth:`propose`, and also return the entry's log index. ``origin``: the Raft id
+        of the follower that forwarded the proposal, which then learns of its commit at once
+        (its caller waits until the follower applied it), not with the next AppendEntries."""
         timeout = self._default_timeout(timeout)
         deadline = time.monotonic() + timeout
         if not isinstance(data, bytes):
             raise TypeError(f"a proposal must be bytes, not {type(data).__name__}")
-        proposal = _Proposal(data)
+        proposal = _Proposal(data, origin)
         index, applied = self._on_loop(proposal, proposal.future, timeout)
         try:
             return index, applied.result(max(0.0, deadline - time.monotonic()))
@@ -600,7 +609,9 @@ class ClusterNode:
 
         A read index request or its heartbeats can be lost (a dropped connection, a leader
         change), and the core never answers a lost read, so the request is asked again, as
-        a new round, every two election timeouts until one is answered or ``timeout``."""
+        a new round, every two election timeouts until one is answered or ``timeout``.
+        Raises NoLeaderError at once when no leader is known, CommitTimeoutError after
+        ``timeout``."""
         timeout = self._default_timeout(timeout)
         deadline = time.monotonic() + timeout
         retry_every = max(2 * self.config.election_timeout.total_seconds(), 0.2)
@@ -620,11 +631,7 @@ class ClusterNode:
                     raise CommitTimeoutError(
                         f"no read index within {timeout:.2f}s (is there a leader and a quorum?)"
                     )
-                try:
-                    self._call(ask, remaining)
-                except NoLeaderError:  # an election in progress: ask again shortly
-                    self._stopping_event.wait(min(0.05, remaining))
-                    continue
+                self._call(ask, remaining)  # NoLeaderError at once: no leader to ask
                 try:
                     return future.result(min(retry_every, max(0.0, deadline - time.monotonic())))
                 except FutureTimeout:
@@ -776,6 +783,9 @@ class ClusterNode:
                 out.append(message)
                 continue
             held = parked.pop(message.to, None)
+            if not message.entries and self._awaiting_commit.get(message.to):
+                out.append(message)  # that follower forwarded a proposal: it waits for this
+                continue
             if not message.entries:  # a newer notice replaces an older one, keeping its clock
                 parked[message.to] = (message, held[1] if held else now + COMMIT_NOTICE_DELAY)
                 self.stats.commit_notices_parked += 1
@@ -788,6 +798,13 @@ class ClusterNode:
                 self.stats.commit_notices_saved += 1
             out.append(message)
         return out
+
+    def _forget_origin(self, origin: str) -> None:
+        left = self._awaiting_commit[origin] - 1
+        if left > 0:
+            self._awaiting_commit[origin] = left
+        else:
+            del self._awaiting_commit[origin]
 
     def _flush_parked(self, transport: Transport, now: float) -> None:
         due = [peer for peer, (_, deadline) in self._parked.items() if deadline <= now]
@@ -876,7 +893,9 @@ class ClusterNode:
                 proposal.future.set_exception(exc)
             return
         for proposal, entry in zip(batch, entries, strict=True):
-            waiter = _Waiter(entry.term, Future())
+            waiter = _Waiter(entry.term, Future(), proposal.origin)
+            if proposal.origin is not None:
+                self._awaiting_commit[proposal.origin] += 1
             self._waiters[entry.index] = waiter
             proposal.future.set_result((entry.index, waiter.future))
 
@@ -929,6 +948,8 @@ class ClusterNode:
                 except Exception as exc:  # the caller gets it; the loop goes on
                     error = exc
             waiter = self._waiters.pop(entry.index, None)
+            if waiter is not None and waiter.origin is not None:
+                self._forget_origin(waiter.origin)
             if waiter is not None:
                 if waiter.term != entry.term:
                     waiter.future.set_exception(
@@ -994,6 +1015,7 @@ class ClusterNode:
 
     def _fail_waiters(self, error: BaseException) -> None:
         self._close_reply_slots()
+        self._awaiting_commit.clear()
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             if not waiter.future.done():

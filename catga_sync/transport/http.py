@@ -335,7 +335,7 @@ class _PeerSender:
         """POST ``body`` on the kept-alive connection (opened as needed); (status, answer,
         the answer's headers)."""
         connection = self.connection
-        if connection is not None and _dropped(connection):
+        if connection is not None and connection_dropped(connection):
             self._disconnect()  # the peer closed it while idle (a restart, an idle timeout)
             connection = None
         if connection is None:
@@ -385,7 +385,7 @@ class _PeerSender:
             logger.log(level, "Peer %s is unreachable: %s", self.peer, error)
 
 
-def _dropped(connection: http.client.HTTPConnection) -> bool:
+def connection_dropped(connection: http.client.HTTPConnection) -> bool:
     """True when an idle kept-alive connection was closed by the peer (it reads as ready)."""
     sock = connection.sock
     if sock is None:

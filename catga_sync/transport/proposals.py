@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import json
+import ssl
 import threading
 import time
 from typing import Any
-
-import requests
+from urllib.parse import urlsplit
 
 from ..errors import CommitTimeoutError, ForwardingError, NoLeaderError, NotLeaderError
+from .http import connection_dropped
 from .signing import peer_post_headers
 from .wire import PROTOCOL_VERSION, WireFormatError, seconds_within
 
@@ -78,7 +80,9 @@ def outcome_json(outcome: Any) -> dict[str, Any]:
 
 
 class ProposalClient:
-    """Sends proposals to the leader over HTTP (one pooled session, safe across threads)."""
+    """Sends proposals to the leader over HTTP: one kept-alive :mod:`http.client` connection
+    per thread and leader (``requests`` costs about a millisecond more of CPU per POST, and
+    this is every command a follower takes)."""
 
     def __init__(
         self,
@@ -96,14 +100,6 @@ class ProposalClient:
         self.connect_timeout = connect_timeout
         self._local = threading.local()
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            self._local.session = session
-        return session
-
     def forward(self, leader: str, data: bytes, timeout: float) -> tuple[int, dict[str, Any]]:
         """Propose ``data`` through ``leader``; returns the entry index and the outcome JSON.
 
@@ -117,29 +113,65 @@ class ProposalClient:
             self.secret, path, body, self.sender_id, self.sender_name, time.time()
         )
         try:
-            response = self._session().post(
-                f"{leader}{path}",
-                data=body,
-                headers=headers,
-                timeout=(self.connect_timeout, timeout + self.connect_timeout),
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise ForwardingError(f"could not reach the leader {leader}: {exc}") from exc
+            status, raw = self._post(leader, path, body, headers, timeout + self.connect_timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ForwardingError(f"could not reach the leader {leader}: {exc!r}") from exc
         try:
-            answer = response.json()
-        except ValueError:
+            answer = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
             answer = {}
-        if response.status_code == 200:
+        if not isinstance(answer, dict):
+            answer = {}
+        if status == 200:
             return int(answer["index"]), dict(answer["outcome"])
-        if response.status_code == 409 and answer.get("error") == "not_leader":
+        if status == 409 and answer.get("error") == "not_leader":
             known = answer.get("leader")
             if known:
                 raise NotLeaderError(known, known if "://" in str(known) else None)
             raise NoLeaderError()
-        if response.status_code == 504:
+        if status == 504:
             raise CommitTimeoutError(answer.get("message") or "the leader timed out")
+        text = raw[:200].decode("utf-8", "replace")
         raise ForwardingError(
-            f"the leader {leader} refused the proposal ({response.status_code}): "
-            f"{answer.get('message') or response.text[:200]}"
+            f"the leader {leader} refused the proposal ({status}): {answer.get('message') or text}"
         )
+
+    def _post(
+        self, leader: str, path: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        """POST on this thread's connection to ``leader``. A kept-alive connection the leader
+        closed while idle is replaced; the proposal is never sent twice by this method (a
+        retry is the caller's, with the same request id)."""
+        connections: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault(
+            "connections", {}
+        )
+        connection = connections.get(leader)
+        if connection is not None and connection_dropped(connection):
+            connection.close()
+            connection = None
+        if connection is None:
+            parts = urlsplit(leader)
+            host, https = parts.hostname or "", parts.scheme == "https"
+            port = parts.port or (443 if https else 80)
+            if https:
+                connection = http.client.HTTPSConnection(
+                    host, port, timeout=self.connect_timeout, context=ssl.create_default_context()
+                )
+            else:
+                connection = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+            connection.connect()
+            connections[leader] = connection
+        assert connection.sock is not None
+        connection.sock.settimeout(timeout)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except BaseException:
+            connections.pop(leader, None)
+            connection.close()
+            raise
+        if response.will_close:
+            connections.pop(leader, None)
+            connection.close()
+        return response.status, raw

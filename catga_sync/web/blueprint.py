@@ -221,13 +221,13 @@ def create_peer_blueprint(
 
     @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def propose() -> tuple[Response, int]:
-        body, _sender = gate.body()
+        body, sender = gate.body()
         receiver = receiver_or_503()
         data, timeout = decode_proposal(body)
         if not isinstance(receiver, ProposalReceiver):
             raise _Refusal(501, "not_supported", "This node does not take forwarded proposals.")
         try:
-            index, outcome = receiver.propose_indexed(data, timeout=timeout)
+            index, outcome = receiver.propose_indexed(data, timeout=timeout, origin=sender)
         except NotLeaderError as exc:
             return jsonify(
                 error="not_leader", message=str(exc), leader=exc.leader_endpoint or exc.leader_id
