@@ -22,6 +22,13 @@ _COUNTERS = (
     ("readies", "Batches of Raft work handled (one storage transaction each)"),
     ("entries_persisted", "Log entries written to storage"),
     ("bytes_persisted", "Bytes of log entry data written to storage"),
+    (
+        "commit_only_writes_skipped",
+        "Readies whose only durable change, the commit, was not written",
+    ),
+    ("inline_replies", "Messages answered in the response to a peer's request"),
+    ("commit_notices_parked", "Commit notices held back for an AppendEntries to carry"),
+    ("commit_notices_saved", "Held-back commit notices made redundant by an AppendEntries"),
     ("messages_sent", "Raft messages handed to the transport"),
     ("messages_received", "Raft messages received from peers"),
     ("invalid_messages", "Peer messages the core refused"),
