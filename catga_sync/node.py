@@ -577,6 +577,10 @@ class ClusterNode:
             self.wait_applied(index, max(0.0, deadline - time.monotonic()))
             return Outcome.from_json(outcome)
 
+        try:
+            return attempt()  # the common case, without building a Retrying per command
+        except _RETRYABLE:
+            self._stopping_event.wait(min(0.005, max(0.0, deadline - time.monotonic())))
         retrying = tenacity.Retrying(
             stop=tenacity.stop_when_event_set(self._stopping_event) | _stop_at(deadline),
             wait=tenacity.wait_exponential(multiplier=0.005, max=0.2)

@@ -17,14 +17,13 @@ import base64
 import binascii
 import http.client
 import json
-import ssl
 import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import CommitTimeoutError, ForwardingError, NoLeaderError, NotLeaderError
-from .http import connection_dropped
+from .http11 import PeerConnection
 from .signing import peer_post_headers
 from .wire import PROTOCOL_VERSION, WireFormatError, seconds_within
 
@@ -80,9 +79,9 @@ def outcome_json(outcome: Any) -> dict[str, Any]:
 
 
 class ProposalClient:
-    """Sends proposals to the leader over HTTP: one kept-alive :mod:`http.client` connection
-    per thread and leader (``requests`` costs about a millisecond more of CPU per POST, and
-    this is every command a follower takes)."""
+    """Sends proposals to the leader over HTTP: one kept-alive connection per thread and
+    leader (:mod:`catga_sync.transport.http11`; ``requests`` costs about a millisecond more of
+    CPU per POST, and this is every command a follower takes)."""
 
     def __init__(
         self,
@@ -142,36 +141,19 @@ class ProposalClient:
         """POST on this thread's connection to ``leader``. A kept-alive connection the leader
         closed while idle is replaced; the proposal is never sent twice by this method (a
         retry is the caller's, with the same request id)."""
-        connections: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault(
-            "connections", {}
-        )
+        connections: dict[str, PeerConnection] = self._local.__dict__.setdefault("connections", {})
         connection = connections.get(leader)
-        if connection is not None and connection_dropped(connection):
-            connection.close()
-            connection = None
         if connection is None:
             parts = urlsplit(leader)
-            host, https = parts.hostname or "", parts.scheme == "https"
-            port = parts.port or (443 if https else 80)
-            if https:
-                connection = http.client.HTTPSConnection(
-                    host, port, timeout=self.connect_timeout, context=ssl.create_default_context()
-                )
-            else:
-                connection = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
-            connection.connect()
+            https = parts.scheme == "https"
+            connection = PeerConnection(
+                parts.hostname or "",
+                parts.port or (443 if https else 80),
+                https=https,
+                timeout=self.connect_timeout,
+            )
             connections[leader] = connection
-        assert connection.sock is not None
-        connection.sock.settimeout(timeout)
-        try:
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            raw = response.read()
-        except BaseException:
-            connections.pop(leader, None)
+        elif connection.is_open and connection.dropped():
             connection.close()
-            raise
-        if response.will_close:
-            connections.pop(leader, None)
-            connection.close()
-        return response.status, raw
+        status, raw, _headers = connection.post(path, body, headers, timeout=timeout)
+        return status, raw
