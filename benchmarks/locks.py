@@ -28,7 +28,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_node import catga_node
-from throughput import Latency, peers
+from throughput import Latency, concurrent, peers, sequential
 
 from catga_sync import locks
 from catga_sync.node import ClusterNode
@@ -56,46 +55,18 @@ def acquire_release(node: ClusterNode, name: str) -> Callable[[], object]:
     return once
 
 
-def sequential(call: Callable[[], object], ops: int) -> list[float]:
-    for _ in range(WARMUP):
-        call()
-    latencies = []
-    clock = time.perf_counter
-    for _ in range(ops):
-        started = clock()
-        call()
-        latencies.append(clock() - started)
-    return latencies
-
-
 def handoffs(node: ClusterNode, threads: int, seconds: float) -> tuple[int, float]:
     """``threads`` threads take turns holding one lock for ``seconds``; (grants, elapsed)."""
-    start = threading.Barrier(threads + 1)
-    counts = [0] * threads
-    errors: list[BaseException] = []
-    deadline = [0.0]
 
-    def worker(k: int) -> None:
-        start.wait()
-        try:
-            while time.perf_counter() < deadline[0]:
-                with locks.lock(node, "bench-handoff", ttl=30, timeout=30):
-                    counts[k] += 1
-        except BaseException as exc:
-            errors.append(exc)
+    def make_call() -> Callable[[], object]:
+        def hold() -> object:
+            with locks.lock(node, "bench-handoff", ttl=30, timeout=30):
+                return None
 
-    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
-    for thread in pool:
-        thread.start()
-    began = time.perf_counter()
-    deadline[0] = began + seconds
-    start.wait()
-    for thread in pool:
-        thread.join(seconds + 60)
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {threads} threads failed: {errors[0]!r}")
-    return sum(counts), elapsed
+        return hold
+
+    grants, elapsed, _latencies = concurrent(make_call, threads, seconds)
+    return grants, elapsed
 
 
 def settled(node: ClusterNode) -> bool:
@@ -120,13 +91,15 @@ def bench(args: argparse.Namespace, state: Path) -> dict[str, object]:
             poll(lambda: settled(node), 10, "the local node to lead")
             leader, rates = Latency(), []
             for _ in range(args.runs):
-                leader.runs.append(sequential(acquire_release(node, "bench-seq"), args.ops))
+                leader.runs.append(sequential(acquire_release(node, "bench-seq"), args.ops, WARMUP))
                 rates.append(handoffs(node, args.threads, args.seconds))
             node.transfer_leadership()
             poll(lambda: settled(node) and not node.status.is_leader, 10, "another leader")
             follower = Latency()
             for _ in range(args.runs):
-                follower.runs.append(sequential(acquire_release(node, "bench-seq"), args.ops))
+                follower.runs.append(
+                    sequential(acquire_release(node, "bench-seq"), args.ops, WARMUP)
+                )
             return {"leader": leader, "follower": follower, "handoffs": rates}
         finally:
             node.stop()

@@ -104,8 +104,8 @@ class Rate:
         )
 
 
-def sequential(call: Callable[[], object], ops: int) -> list[float]:
-    for _ in range(WARMUP):
+def sequential(call: Callable[[], object], ops: int, warmup: int = WARMUP) -> list[float]:
+    for _ in range(warmup):
         call()
     latencies = []
     clock = time.perf_counter

@@ -224,3 +224,19 @@ def test_a_node_refuses_to_run_in_a_forked_child(cluster: Cluster) -> None:
     os.waitpid(pid, 0)
     assert "cannot run in forked child" in message
     assert node.propose(b"parent still fine", timeout=WAIT) is not None
+
+
+def test_a_read_index_request_lost_on_the_way_is_asked_again(cluster: Cluster) -> None:
+    """The core never answers a read whose request was lost; the node asks again, as a new
+    round, every two election timeouts, instead of waiting out the caller's timeout."""
+    import time
+
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not leader)
+    wait_until(lambda: follower.status.leader_endpoint == leader.raft_id, WAIT, "agreement")
+    cluster.network.partition(follower.raft_id, leader.raft_id)  # the request is dropped
+    threading.Timer(0.06, cluster.network.heal).start()  # well before an election timeout
+    started = time.monotonic()
+    index = follower.read_barrier(timeout=5.0)
+    assert index >= 1
+    assert time.monotonic() - started < 2.0  # answered by the retry at 0.3 s, not at 5 s

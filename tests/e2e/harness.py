@@ -186,3 +186,35 @@ class ExampleCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {n.name}\n{n.log_text()[-3000:]}" for n in self.nodes)
+
+
+@contextlib.contextmanager
+def running_cluster(state_dir: Path, size: int = 3) -> Iterator[ExampleCluster]:
+    """A started cluster of the example app with an agreed leader; its logs are printed if
+    the test fails, and every process is killed at the end."""
+    cluster = ExampleCluster(state_dir, size)
+    cluster.start()
+    try:
+        poll(lambda: len(cluster.statuses()) == size, 60, f"all {size} nodes serving")
+        cluster.wait_for_leader()
+        yield cluster
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop()
+
+
+def cluster_status(node: NodeProcess, timeout: float = 0.5) -> dict[str, Any] | None:
+    """The node's ``GET /cluster``, or None when it does not answer (killed, paused)."""
+    try:
+        code, body = get_json(f"{node.url}/cluster", timeout=timeout)
+    except OSError:
+        return None
+    return body if code == 200 else None
+
+
+def leader_among(nodes: list[NodeProcess]) -> NodeProcess | None:
+    """The one node of ``nodes`` that says it leads (the others may be dead or paused)."""
+    leaders = [n for n in nodes if (s := cluster_status(n)) is not None and s["role"] == "leader"]
+    return leaders[0] if len(leaders) == 1 else None

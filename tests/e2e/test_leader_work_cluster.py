@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import requests
 
-from .harness import ExampleCluster, NodeProcess, get_json, poll
+from .harness import (
+    ExampleCluster,
+    NodeProcess,
+    cluster_status,
+    get_json,
+    leader_among,
+    poll,
+    running_cluster,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,29 +31,12 @@ TIMEOUT = 15.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ExampleCluster]:
-    c = ExampleCluster(tmp_path)
-    c.start()
-    try:
-        poll(lambda: len(c.statuses()) == 3, 60, "all three nodes serving")
-        c.wait_for_leader()
+    with running_cluster(tmp_path) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop()
-
-
-def status(node: NodeProcess) -> dict[str, Any] | None:
-    try:
-        code, body = get_json(f"{node.url}/cluster", timeout=0.5)
-    except OSError:
-        return None
-    return body if code == 200 else None
 
 
 def outbox_task(node: NodeProcess) -> dict[str, Any] | None:
-    body = status(node)
+    body = cluster_status(node)
     if body is None:
         return None
     (task,) = [t for t in body["singleton_tasks"] if t["name"] == "OutboxProcessor"]
@@ -55,11 +46,6 @@ def outbox_task(node: NodeProcess) -> dict[str, Any] | None:
 def running_tasks(nodes: list[NodeProcess]) -> dict[str, dict[str, Any]]:
     tasks = {n.name: outbox_task(n) for n in nodes}
     return {name: t for name, t in tasks.items() if t is not None and t["state"] == "running"}
-
-
-def leader_among(nodes: list[NodeProcess]) -> NodeProcess | None:
-    leaders = [n for n in nodes if (s := status(n)) is not None and s["role"] == "leader"]
-    return leaders[0] if len(leaders) == 1 else None
 
 
 def create_order(node: NodeProcess) -> str:

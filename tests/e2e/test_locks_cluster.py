@@ -17,7 +17,14 @@ import requests
 from catga_sync.errors import StaleTokenError
 from catga_sync.fencing import FencedResource
 
-from .harness import ExampleCluster, NodeProcess, get_json, poll
+from .harness import (
+    ExampleCluster,
+    NodeProcess,
+    get_json,
+    leader_among,
+    poll,
+    running_cluster,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,17 +33,8 @@ TIMEOUT = 15.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ExampleCluster]:
-    c = ExampleCluster(tmp_path)
-    c.start()
-    try:
-        poll(lambda: len(c.statuses()) == 3, 60, "all three nodes serving")
-        c.wait_for_leader()
+    with running_cluster(tmp_path) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop()
 
 
 def acquire(node: NodeProcess, name: str, **body: Any) -> tuple[int, Any]:
@@ -59,18 +57,6 @@ def acquire_retrying(node: NodeProcess, name: str, **body: Any) -> Any:
 def holder(node: NodeProcess, name: str) -> Any:
     code, body = get_json(f"{node.url}/locks/{name}", timeout=TIMEOUT)
     return body if code == 200 else None
-
-
-def leader_among(nodes: list[NodeProcess]) -> NodeProcess | None:
-    found = []
-    for node in nodes:
-        try:
-            code, body = get_json(f"{node.url}/cluster", timeout=0.5)
-        except OSError:
-            continue
-        if code == 200 and body["role"] == "leader":
-            found.append(node)
-    return found[0] if len(found) == 1 else None
 
 
 def test_a_held_lock_keeps_its_token_through_a_leader_kill(cluster: ExampleCluster) -> None:
