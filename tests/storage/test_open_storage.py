@@ -103,12 +103,13 @@ def test_sqlite_runs_in_wal_mode_with_the_chosen_synchronous_level(
     storage = open_storage("node0", tmp_path, sqlite_synchronous=configured)
     storage.open()
     assert isinstance(storage, SqlStorage)
-    engine = storage._engine  # the storage's own connection settings, looked at from inside
-    assert engine is not None
-    with engine.connect() as conn:
-        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
-        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
+    # The connection the storage writes on, looked at from inside.
+    conn = storage._sqlite_connection
+    assert conn is not None
+    assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
+    assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
+    conn.rollback()  # end the transaction those reads began
     storage.close()
     with sqlite3.connect(tmp_path / "node0.sqlite3") as db:  # WAL is a property of the file
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
