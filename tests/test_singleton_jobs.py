@@ -138,8 +138,11 @@ def test_a_gated_job_runs_on_the_leader_only_and_is_paused_on_followers(
             assert aps_job(node).next_run_time is None  # paused
     assert aps_job(leader).next_run_time is not None
     fires = runs.of(leader.node_id)
-    steps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
-    assert all(abs(s - INTERVAL) < 1e-3 for s in steps), steps  # one per fire time, in order
+    steps = [(b - a).total_seconds() / INTERVAL for a, b in itertools.pairwise(fires)]
+    # One run per fire time, in order, on the trigger's grid; a fire time the scheduler
+    # reached too late under load is coalesced into the next, and counted as missed.
+    assert all(s >= 1 - 1e-3 and abs(s - round(s)) < 4e-3 for s in steps), steps
+    assert leader.stats.leader_job_misses >= sum(round(s) - 1 for s in steps)
     # Every node applied the record of the leader's runs.
     for node in cluster.nodes.values():
         eventually(lambda n=node: record(n) is not None, "the record everywhere")
