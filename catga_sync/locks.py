@@ -844,7 +844,9 @@ class Lease:
                 return
             self.lost_reason = reason
             self.lost.set()
-        log.warning("lease on lock %r (token %d) lost: %s", self.name, self.token, reason)
+        # A lease nobody renews (auto_renew=False: the example's HTTP locks) ends by design.
+        level = logging.WARNING if self._auto_renew else logging.INFO
+        log.log(level, "lease on lock %r (token %d) lost: %s", self.name, self.token, reason)
 
 
 def _call(callback: Callable[[Lease], object], lease: Lease) -> None:
