@@ -91,8 +91,12 @@ def encode_batches(messages: Sequence[Message], max_bytes: int) -> list[tuple[by
     return out
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+"""One compact encoder (``json.dumps`` with separators builds a new one per call)."""
+
+
 def _encode_one(message: Message) -> bytes:
-    return json.dumps(message_to_dict(message), separators=(",", ":")).encode()
+    return _ENCODER.encode(message_to_dict(message)).encode()
 
 
 def _wrap(parts: list[bytes]) -> bytes:
