@@ -397,7 +397,7 @@ class LeaderJobs:
         self._thread: threading.Thread | None = None
         node.add_status_listener(self._on_status)
         with self._cond:
-            self._leading = _leading_term(node.status)
+            self._leading = node.status.leading_term
         with _MANAGERS_LOCK:
             _MANAGERS.setdefault(node, self)
 
@@ -530,7 +530,7 @@ class LeaderJobs:
     # -- the Raft loop's side -------------------------------------------------------------------
 
     def _on_status(self, old: NodeStatus, new: NodeStatus) -> None:
-        leading = _leading_term(new)
+        leading = new.leading_term
         stopped = old.running and not new.running
         with self._cond:
             if leading == self._leading and not stopped:
@@ -646,7 +646,3 @@ def _tz(scheduler: BaseScheduler) -> Any:
 def _iso(moment: datetime) -> str:
     """A fire time as the log records it: UTC, microseconds, so the text sorts as the time."""
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _leading_term(status: NodeStatus) -> int | None:
-    return status.term if status.is_leader else None

@@ -115,6 +115,12 @@ class NodeStatus:
         return self.running and self.role is Role.LEADER
 
     @property
+    def leading_term(self) -> int | None:
+        """The term this node leads in, or None when it does not lead (the fencing token of
+        leader-only work)."""
+        return self.term if self.is_leader else None
+
+    @property
     def leader_endpoint(self) -> str | None:
         return self.leader_raft_id
 

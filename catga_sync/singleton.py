@@ -202,7 +202,7 @@ class SingletonTasks:
         self._thread: threading.Thread | None = None
         node.add_status_listener(self._on_status)
         with self._cond:
-            self._leading = _leading_term(node.status)
+            self._leading = node.status.leading_term
         with _MANAGERS_LOCK:
             _MANAGERS.setdefault(node, []).append(self)
 
@@ -269,7 +269,7 @@ class SingletonTasks:
     # -- the Raft loop's side: tiny, never blocks ----------------------------------------------
 
     def _on_status(self, old: NodeStatus, new: NodeStatus) -> None:
-        leading = _leading_term(new)
+        leading = new.leading_term
         stopped = old.running and not new.running
         with self._cond:
             if leading == self._leading and not stopped:
@@ -428,10 +428,6 @@ def describe(node: ClusterNode) -> list[dict[str, Any]]:
     with _MANAGERS_LOCK:
         managers = list(_MANAGERS.get(node, ()))
     return [entry for manager in managers for entry in manager.describe()]
-
-
-def _leading_term(status: NodeStatus) -> int | None:
-    return status.term if status.is_leader else None
 
 
 def _as_runner(task: Any, name: str | None) -> SingletonTaskRunner:
