@@ -4,11 +4,11 @@ leader-gated report job records its reports through the log."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from e2e.harness import poll
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -20,14 +20,8 @@ from example_flask.orders import Orders, StaleFencingToken
 WAIT = 10.0
 
 
-def eventually(check: Any, what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+def eventually(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    return poll(predicate, timeout, what, interval=0.02)
 
 
 @pytest.fixture

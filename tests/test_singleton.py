@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from e2e.harness import poll
 from flask import Flask
 
 from catga_sync.config import ClusterConfig
@@ -29,13 +30,7 @@ ENDPOINTS = [f"http://localhost:{7600 + k}" for k in range(3)]
 
 
 def eventually(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll(predicate, timeout, what, interval=0.005)
 
 
 class Recorder:
