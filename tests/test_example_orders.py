@@ -5,6 +5,7 @@ applied), idempotency keys, version conflicts, and the 503s of a cluster without
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -385,8 +386,13 @@ def test_a_bad_idempotency_key_is_a_400_and_applies_nothing(client: FlaskClient,
 
 @pytest.fixture
 def lonely_client() -> Iterator[FlaskClient]:
-    """One node of three whose peers never answer: it never has a leader."""
-    ports = free_ports(3)
+    """One node of three whose peers never answer: it never has a leader. The peers' ports
+    stay bound (not listening: connections are refused) for the whole test, so that no node
+    of a test running beside it can take one of them and answer this node's votes."""
+    reserved = [socket.socket() for _ in range(2)]
+    for sock in reserved:
+        sock.bind(("127.0.0.1", 0))
+    ports = [free_ports(1)[0], *(sock.getsockname()[1] for sock in reserved)]
     members = tuple(f"http://127.0.0.1:{p}" for p in ports)
     config = ClusterConfig(
         local_node_endpoint=members[0],
@@ -400,6 +406,8 @@ def lonely_client() -> Iterator[FlaskClient]:
         yield app.test_client()
     finally:
         CatgaCluster.state_of(app).node.stop(transfer=False)
+        for sock in reserved:
+            sock.close()
 
 
 def test_reads_without_a_leader_are_503_with_retry_after(lonely_client: FlaskClient) -> None:
