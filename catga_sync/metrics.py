@@ -23,8 +23,8 @@ _COUNTERS = (
     ("entries_persisted", "Log entries written to storage"),
     ("bytes_persisted", "Bytes of log entry data written to storage"),
     (
-        "commit_only_writes_skipped",
-        "Readies whose only durable change, the commit, was not written",
+        "commit_only_writes_unsynced",
+        "Readies whose only durable change, the commit index, was written without an fsync",
     ),
     ("inline_replies", "Messages answered in the response to a peer's request"),
     ("commit_notices_parked", "Commit notices held back for an AppendEntries to carry"),

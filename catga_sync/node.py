@@ -140,8 +140,8 @@ class NodeStats:
     snapshots: int = 0
     entries_persisted: int = 0
     bytes_persisted: int = 0
-    commit_only_writes_skipped: int = 0
-    """Readies whose only durable change was the commit index: not written (see _persist)."""
+    commit_only_writes_unsynced: int = 0
+    """Readies whose only durable change was the commit index: written without an fsync."""
     commit_notices_parked: int = 0
     """Commit notices (AppendEntries without entries) held back for a moment."""
     commit_notices_saved: int = 0
@@ -277,7 +277,6 @@ class ClusterNode:
         """Followers with forwarded proposals not yet applied: their commit notices go now."""
         """Commit notices held back, by peer, with the time they must leave by."""
         self._slot_lock = threading.Lock()
-        self._latest_hard: HardState | None = None
         self._written_hard: HardState | None = None
         self._reads: dict[str, _ReadWaiter] = {}
         self._read_ids = itertools.count()
@@ -329,7 +328,7 @@ class ClusterNode:
         if self.mediator is not None and IdempotencyTable.name not in self.state_machines.machines:
             self.state_machines.register(IdempotencyTable())  # forwarded commands' outcomes
         persisted = self._storage.open()
-        self._latest_hard = self._written_hard = persisted.hard_state
+        self._written_hard = persisted.hard_state
         if persisted.snapshot is not None and not self._custom_applier:
             self.state_machines.restore(persisted.snapshot.data)
         self._core = RaftCore(config.raft_config(), rng=self._rng, persisted=persisted)
@@ -425,7 +424,6 @@ class ClusterNode:
         if self._transport is not None:
             self._transport.close()
         if self._storage is not None:
-            self._flush_hard_state(self._storage)
             self._storage.close()
         self._fail_waiters(CatgaError(f"node {self.node_id} stopped"))
         self._publish_status(running=False)
@@ -842,53 +840,36 @@ class ClusterNode:
         for slot in slots.values():
             slot.done.set()
 
-    def _flush_hard_state(self, storage: Storage) -> None:
-        """On a clean stop, write the commit index that _persist left for later."""
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            return  # the loop did not stop: it owns the storage
-        latest, written = self._latest_hard, self._written_hard
-        if latest is None or latest == written or self._failure is not None:
-            return
-        try:
-            storage.persist(
-                hard_state=latest, entries=(), snapshot=None, snapshot_replaces_log=False
-            )
-            self._written_hard = latest
-        except CatgaError as exc:
-            log.info("node %s: commit index not written on stop: %s", self.node_id, exc)
-
     def _persist(self, storage: Storage, ready: Ready) -> None:
-        """Persist ``ready``, except a change of the commit index alone.
+        """Persist ``ready``; a change of the commit index alone without an fsync.
 
         Raft keeps the commit index volatile (a restarted node learns it again from the
-        leader), so a Ready whose only durable change is the commit index is not written: that
-        saves one fsync per command on every node. The latest hard state goes to disk with the
-        next write that must happen (new entries, a snapshot, a new term or vote).
+        leader), so a Ready whose only durable change is the commit index is written without
+        flushing it to disk (:meth:`Storage.persist` with ``sync=False``): that saves one fsync
+        per command on every node, and the commit index still survives a crash of the process
+        (``kill -9``), so a restarted node serves its local reads from the state it had.
+        A power loss may roll it back, which Raft allows.
         """
         hard = ready.hard_state
-        if hard is not None:
-            self._latest_hard = hard
         written = self._written_hard
-        latest = self._latest_hard
-        if (
-            not ready.entries
-            and ready.snapshot is None
-            and hard is not None
-            and written is not None
-            and (hard.term, hard.vote) == (written.term, written.vote)
-        ):
-            self.stats.commit_only_writes_skipped += 1
-            return
-        if not ready.entries and ready.snapshot is None and latest == written:
-            return
+        changed = hard if hard is not None and hard != written else None
+        if not ready.entries and ready.snapshot is None:
+            if changed is None:
+                return
+            sync = written is None or (changed.term, changed.vote) != (written.term, written.vote)
+            if not sync:
+                self.stats.commit_only_writes_unsynced += 1
+        else:
+            sync = True
         storage.persist(
-            hard_state=latest if latest != written else None,
+            hard_state=changed,
             entries=ready.entries,
             snapshot=ready.snapshot,
             snapshot_replaces_log=ready.apply_snapshot,
+            sync=sync,
         )
-        self._written_hard = latest
+        if changed is not None:
+            self._written_hard = changed
 
     def _append_proposals(self, core: RaftCore) -> None:
         """Append the proposals drained so far as one batch and answer each with its index."""

@@ -30,6 +30,7 @@ class Storage(Protocol):
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
         snapshot_replaces_log: bool,
+        sync: bool = True,
     ) -> None:
         """Make one Ready's state durable, atomically (one transaction), in this order:
 
@@ -37,6 +38,10 @@ class Storage(Protocol):
            its index — every stored entry when ``snapshot_replaces_log``;
         2. ``entries``: delete every stored entry from ``entries[0].index`` on, then insert them;
         3. ``hard_state``: replace the stored hard state.
+
+        ``sync=False`` (a new commit index alone, which Raft may forget) may skip the flush to
+        stable storage: the write must still survive this process crashing, and may be lost
+        with a power loss or an operating-system crash.
         """
         ...
 

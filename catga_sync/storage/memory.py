@@ -46,6 +46,7 @@ class MemoryStorage:
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
         snapshot_replaces_log: bool,
+        sync: bool = True,
     ) -> None:
         with self._mutex:
             if not self._open:

@@ -239,6 +239,7 @@ class SqlStorage:
                 "and mysql+pymysql://"
             )
         self.is_sqlite = dialect == "sqlite"
+        self.is_postgresql = dialect == "postgresql"
         self.sqlite_path: Path | None = None
         if self.is_sqlite:
             database = parsed.database or ""
@@ -341,6 +342,7 @@ class SqlStorage:
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
         snapshot_replaces_log: bool,
+        sync: bool = True,
     ) -> None:
         with self._mutex:
             engine = self._engine
@@ -350,8 +352,16 @@ class SqlStorage:
                 )
             bounds = self._bounds.after(snapshot, entries, snapshot_replaces_log)
             t, node = self.tables, self.node_id
-            with self._errors("persist"), self._transaction(engine) as conn:
+            with (
+                self._errors("persist"),
+                self._unsynced(not sync),
+                self._transaction(engine) as conn,
+            ):
                 self._check_owner(conn)
+                if not sync and self.is_postgresql:
+                    # Committed in the server's memory, flushed by its WAL writer moments later:
+                    # it survives this process crashing, not the server losing power.
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 if snapshot is not None:
                     meta = snapshot.meta
                     conn.execute(delete(t.snapshot).where(t.snapshot.c.node_id == node))
@@ -384,6 +394,24 @@ class SqlStorage:
                     if fast is None or not fast.update_hard_state(conn, node, hard_state):
                         self._write_hard_state(conn, hard_state)
             self._bounds = bounds
+
+    @contextmanager
+    def _unsynced(self, unsynced: bool) -> Iterator[None]:
+        """SQLite: commit without an fsync (``synchronous=NORMAL`` for this one transaction; in
+        WAL mode the commit is in the -wal file, which survives a process crash, and the next
+        synced commit flushes it). SQLite refuses the pragma inside a transaction, hence around
+        it. PostgreSQL does it inside the transaction (``SET LOCAL``); MySQL and MariaDB have no
+        per-transaction setting, so there the write costs what any commit costs."""
+        connection = self._sqlite_connection
+        if not unsynced or connection is None or self.sqlite_synchronous != "FULL":
+            yield
+            return
+        driver = _driver(connection)
+        driver.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            driver.execute("PRAGMA synchronous=FULL")
 
     def _transaction(self, engine: Engine) -> AbstractContextManager[Connection]:
         """A write transaction: on SQLite, on the connection kept open for the storage's

@@ -136,6 +136,64 @@ def test_kill_9_during_writes_never_leaves_a_torn_or_half_visible_batch(
         storage.close()
 
 
+COMMIT_WRITER_SCRIPT = """
+import sys
+from catga_sync.raft import Entry, HardState
+from catga_sync.storage import open_storage
+
+node_id, state, prefix = sys.argv[1:4]
+storage = open_storage(node_id, state, table_prefix=prefix)
+storage.open()
+storage.persist(
+    hard_state=HardState(1, None, 0),
+    entries=[Entry(i, 1, b"x") for i in range(1, 10001)],
+    snapshot=None,
+    snapshot_replaces_log=False,
+)
+for commit in range(1, 10001):  # what a follower's commit notices ask for: the index alone
+    storage.persist(
+        hard_state=HardState(1, None, commit),
+        entries=(),
+        snapshot=None,
+        snapshot_replaces_log=False,
+        sync=False,
+    )
+    print(commit, flush=True)
+"""
+
+
+def test_an_unsynced_commit_index_survives_kill_9_of_the_writer(sql_backend: Backend) -> None:
+    """The contract of ``persist(sync=False)``: no fsync, yet a crash of the process (not of
+    the machine) keeps every write it returned from."""
+    rng = random.Random(11)
+    prefix = sql_backend.prefix
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COMMIT_WRITER_SCRIPT, "node0", str(sql_backend.state), prefix],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    sql_backend.children.append(proc)
+    assert proc.stdout is not None
+    reported = 0
+    while reported < 50:
+        line = proc.stdout.readline()
+        if not line:
+            _, err = proc.communicate()
+            raise AssertionError(f"the writer stopped on its own: {err}")
+        reported = int(line)
+    time.sleep(rng.uniform(0, 0.02))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    storage, state = sql_backend.open_when_free()
+    try:
+        assert state.hard_state.commit >= reported
+        assert len(state.entries) == 10000
+    finally:
+        storage.close()
+
+
 # --------------------------------------------------------------------------------------------
 # A damaged SQLite file
 
