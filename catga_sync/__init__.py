@@ -5,22 +5,30 @@ from __future__ import annotations
 import logging
 
 from .errors import (
+    AlreadyRegisteredError,
     CatgaError,
     CommitTimeoutError,
     ConfigError,
+    ForkedProcessError,
     ForwardingError,
+    IdempotencyKeyReusedError,
     InvalidLockRequestError,
     InvalidMessageError,
+    InvalidRequestIdError,
     LeadershipTransferError,
+    LeaderUnreachableError,
     LockNotAcquiredError,
     LockNotHeldError,
     MembershipChangeError,
+    NodeNotRunningError,
     NoLeaderError,
     NotLeaderError,
+    NotRegisteredError,
     PeerAuthError,
     ProposalDroppedError,
     StaleTokenError,
     StorageError,
+    UsageError,
 )
 
 __version__ = "0.1.0"
@@ -29,21 +37,29 @@ __version__ = "0.1.0"
 logging.getLogger("catga_sync").addHandler(logging.NullHandler())
 
 __all__ = [
+    "AlreadyRegisteredError",
     "CatgaError",
     "CommitTimeoutError",
     "ConfigError",
+    "ForkedProcessError",
     "ForwardingError",
+    "IdempotencyKeyReusedError",
     "InvalidLockRequestError",
     "InvalidMessageError",
+    "InvalidRequestIdError",
+    "LeaderUnreachableError",
     "LeadershipTransferError",
     "LockNotAcquiredError",
     "LockNotHeldError",
     "MembershipChangeError",
     "NoLeaderError",
+    "NodeNotRunningError",
     "NotLeaderError",
+    "NotRegisteredError",
     "PeerAuthError",
     "ProposalDroppedError",
     "StaleTokenError",
     "StorageError",
+    "UsageError",
     "__version__",
 ]

@@ -1,28 +1,37 @@
-"""Every error catga_sync raises, in one place.
+"""Every public error catga_sync raises, in one place (``from catga_sync import ...`` too).
 
 All derive from :class:`CatgaError`, and from the builtin they resemble, so callers can catch
-either. Each message says what happened and what to do next.
+either; conditions a caller may need to tell apart have types of their own. Each message says
+what happened and what to do next.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyRegisteredError",
     "CatgaError",
     "CommitTimeoutError",
     "ConfigError",
+    "ForkedProcessError",
     "ForwardingError",
+    "IdempotencyKeyReusedError",
     "InvalidLockRequestError",
     "InvalidMessageError",
+    "InvalidRequestIdError",
+    "LeaderUnreachableError",
     "LeadershipTransferError",
     "LockNotAcquiredError",
     "LockNotHeldError",
     "MembershipChangeError",
     "NoLeaderError",
+    "NodeNotRunningError",
     "NotLeaderError",
+    "NotRegisteredError",
     "PeerAuthError",
     "ProposalDroppedError",
     "StaleTokenError",
     "StorageError",
+    "UsageError",
 ]
 
 
@@ -106,6 +115,23 @@ class ForwardingError(CatgaError):
     """A request could not be forwarded to the leader."""
 
 
+class LeaderUnreachableError(ForwardingError, ConnectionError):
+    """The leader could not be reached, or was not running; retried until the deadline.
+
+    ``maybe_delivered`` is False when the request certainly did not reach a handler (the
+    connection was refused, the node answered that it is not running).
+    """
+
+    def __init__(self, message: str, *, maybe_delivered: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+
+
+class IdempotencyKeyReusedError(CatgaError, ValueError):
+    """An idempotency key already recorded for a different command or payload. Use a new key for
+    every distinct command; reuse a key only to retry the very same command."""
+
+
 class StorageError(CatgaError):
     """The node's persistent state could not be read or written."""
 
@@ -123,3 +149,35 @@ class LockNotHeldError(CatgaError, RuntimeError):
 class StaleTokenError(LockNotHeldError):
     """A fenced resource refused a write: a holder with a newer fencing token wrote since, so
     this holder's lease was lost. Do not retry with the same token; acquire the lock again."""
+
+
+# -- using the API where it cannot work -----------------------------------------------------
+
+
+class NodeNotRunningError(CatgaError, RuntimeError):
+    """The node was not started yet, was stopped, or failed: nothing was done. Start it, or
+    create a new node (a stopped node cannot be started again)."""
+
+
+class ForkedProcessError(NodeNotRunningError):
+    """The node was created in another process and this is a forked child of it: its threads
+    and connections did not survive the fork. Create and start the node after forking."""
+
+
+class NotRegisteredError(CatgaError, LookupError):
+    """What the call names (a state machine, a table, an extension, a Flask app's cluster) was
+    not registered where it was looked for."""
+
+
+class AlreadyRegisteredError(CatgaError, ValueError):
+    """Something with that name (a state machine, a singleton task, a gated job, the Flask
+    extension on an app) is already registered; give each a unique name, or register it once."""
+
+
+class UsageError(CatgaError, RuntimeError):
+    """A call made where it cannot work (a state machine registered after start, a behavior
+    outside ``Mediator.send``, a forwarder without a mediator); nothing was done."""
+
+
+class InvalidRequestIdError(CatgaError, ValueError):
+    """A request id (an idempotency key) is not a non-empty string of at most 200 characters."""

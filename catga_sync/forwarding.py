@@ -37,6 +37,8 @@ from .errors import (
     CatgaError,
     CommitTimeoutError,
     ForwardingError,
+    IdempotencyKeyReusedError,
+    LeaderUnreachableError,
     NoLeaderError,
     NotLeaderError,
 )
@@ -92,23 +94,6 @@ MAX_KEY_LENGTH = 200
 RECORD_MIN_TIMEOUT = 2.0
 """Seconds the leader keeps trying to record an outcome even when the caller's deadline passed:
 the handler ran, so its key must be remembered for the retry that will follow."""
-
-
-class LeaderUnreachableError(ForwardingError, ConnectionError):
-    """The leader could not be reached, or was not running; retried until the deadline.
-
-    ``maybe_delivered`` is False when the request certainly did not reach a handler (the
-    connection was refused, the node answered that it is not running).
-    """
-
-    def __init__(self, message: str, *, maybe_delivered: bool = True) -> None:
-        super().__init__(message)
-        self.maybe_delivered = maybe_delivered
-
-
-class IdempotencyKeyReusedError(CatgaError, ValueError):
-    """An idempotency key already recorded for a different command or payload. Use a new key for
-    every distinct command; reuse a key only to retry the very same command."""
 
 
 # ================================================================================================
