@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 
 from blinker import Namespace
 
-from .errors import NoLeaderError
+from .errors import NoLeaderError, NotRegisteredError
 from .raft import Role
+from .runtime.extension import Extension
+from .runtime.leadership import LeadershipChange, LeadershipWatch
 
 if TYPE_CHECKING:
-    from .node import ClusterNode, NodeStatus
+    from .runtime.extension import NodeHandle
+    from .runtime.status import NodeStatus
 
 log = logging.getLogger("catga_sync.coordinator")
 
@@ -27,23 +30,47 @@ leader_lost = signals.signal("catga-leader-lost")
 LeadershipCallback = Callable[[bool], object]
 
 
-class ClusterCoordinator:
+class ClusterCoordinator(Extension):
     """Read who leads, and be told when this node gains or loses leadership.
 
     Callbacks run on the coordinator's own event thread, in order, never on the Raft loop: a
     slow or failing callback delays other callbacks but never the cluster, and an exception in
-    one is logged and harms nothing.
+    one is logged and harms nothing. A node re-elected in a newer term without a status in
+    between gets a loss and a gain, so a callback always sees the term it leads in change.
+
+    An extension of the node (``node.extensions["coordinator"]``); ``ClusterNode`` installs
+    it, and ``node.coordinator`` or ``ClusterCoordinator.of(node)`` returns it.
     """
 
-    def __init__(self, node: ClusterNode) -> None:
-        self._node = node
+    name = "coordinator"
+
+    def __init__(self, node: NodeHandle | None = None) -> None:
         self._callbacks: list[LeadershipCallback] = []
         self._events: queue.SimpleQueue[tuple[bool, int]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if node is not None:
+            node.add_extension(self)
+
+    @classmethod
+    def of(cls, node: NodeHandle) -> ClusterCoordinator:
+        """The coordinator installed on ``node``."""
+        found = node.extensions.get(cls.name)
+        if not isinstance(found, ClusterCoordinator):
+            raise NotRegisteredError(
+                f"node {node.node_id} has no coordinator: install ClusterCoordinator() on it "
+                "(ClusterNode does)"
+            )
+        return found
+
+    def install(self, node: NodeHandle) -> None:
+        self._node = node
+        # The thread lives as long as the process: the "leadership lost" of a node stopping
+        # arrives after the extensions stopped, and must still be delivered.
         self._thread = threading.Thread(
             target=self._deliver, name=f"catga-events-{node.node_id}", daemon=True
         )
         self._thread.start()
-        node.add_status_listener(self._on_status)
+        LeadershipWatch(node, self._on_leadership)
 
     # -- the guide's properties ---------------------------------------------------------------
 
@@ -82,7 +109,7 @@ class ClusterCoordinator:
         return self._node.status
 
     @property
-    def node(self) -> ClusterNode:
+    def node(self) -> NodeHandle:
         """The node this coordinator reports on (the forwarding behaviors use its config)."""
         return self._node
 
@@ -111,9 +138,12 @@ class ClusterCoordinator:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _on_status(self, old: NodeStatus, new: NodeStatus) -> None:
-        if old.is_leader != new.is_leader:
-            self._events.put((new.is_leader, new.term))
+    def _on_leadership(self, change: LeadershipChange) -> None:
+        term = change.status.term
+        if change.lost:
+            self._events.put((False, term))
+        if change.elected:
+            self._events.put((True, term))
 
     def _deliver(self) -> None:
         while True:

@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import requests
 import tenacity
 
+from .coordinator import ClusterCoordinator
 from .errors import (
     CatgaError,
     CommitTimeoutError,
@@ -41,6 +41,7 @@ from .errors import (
     LeaderUnreachableError,
     NoLeaderError,
     NotLeaderError,
+    NotRegisteredError,
 )
 from .fsm import error_type_name, rebuild_error
 from .idempotency import IdempotencyTable
@@ -51,6 +52,7 @@ from .mediator import (
     UnknownCommandTypeError,
     current_dispatch,
 )
+from .runtime.extension import Extension
 from .transport.signing import peer_post_headers
 from .transport.wire import (
     DEFAULT_URL_PREFIX,
@@ -60,8 +62,7 @@ from .transport.wire import (
 )
 
 if TYPE_CHECKING:
-    from .coordinator import ClusterCoordinator
-    from .node import ClusterNode
+    from .runtime.extension import NodeHandle
 
 __all__ = [
     "FORWARD_PATH",
@@ -242,7 +243,7 @@ class HttpClusterForwarder:
         self._local = threading.local()
 
     @classmethod
-    def for_node(cls, node: ClusterNode, mediator: Mediator | None = None) -> HttpClusterForwarder:
+    def for_node(cls, node: NodeHandle, mediator: Mediator | None = None) -> HttpClusterForwarder:
         """A forwarder speaking for ``node``: its id, its secret, its URL prefix."""
         config = node.config
         return cls(
@@ -394,7 +395,7 @@ class ForwardToLeaderBehavior:
     (the guide's ``AddForwardToLeaderBehavior<TReq, TRes>()``).
 
     ``coordinator`` is the node's :class:`~catga_sync.coordinator.ClusterCoordinator` (or the
-    :class:`~catga_sync.node.ClusterNode`). ``timeout`` bounds the whole send, retries
+    node). ``timeout`` bounds the whole send, retries
     included (a shorter ``Mediator.send(timeout=...)`` wins). ``wait`` and ``sleep`` are
     tenacity's, injectable for tests.
 
@@ -404,7 +405,7 @@ class ForwardToLeaderBehavior:
 
     def __init__(
         self,
-        coordinator: ClusterCoordinator | ClusterNode,
+        coordinator: ClusterCoordinator | NodeHandle,
         forwarder: ClusterForwarder | None = None,
         *,
         timeout: float = DEFAULT_FORWARD_TIMEOUT,
@@ -413,10 +414,10 @@ class ForwardToLeaderBehavior:
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        from .node import ClusterNode
-
         self._coordinator: ClusterCoordinator = (
-            coordinator.coordinator if isinstance(coordinator, ClusterNode) else coordinator
+            coordinator
+            if isinstance(coordinator, ClusterCoordinator)
+            else ClusterCoordinator.of(coordinator)
         )
         self._forwarder = forwarder
         self._timeout = float(timeout)
@@ -548,13 +549,26 @@ class GuardedRun:
         return decode(self.wire.get("result"))
 
 
-class ForwardingGuard:
-    """Runs commands at most once per idempotency key on one node while it leads."""
+class ForwardingGuard(Extension):
+    """Runs commands at most once per idempotency key on one node while it leads.
 
-    def __init__(self, node: ClusterNode) -> None:
-        self._node = node
+    An extension of the node (``node.extensions["forwarding"]``, installed by ``ClusterNode``
+    with its mediator, whose commands ``POST {url_prefix}/forward`` runs); it registers the
+    :class:`~catga_sync.idempotency.IdempotencyTable` where the outcomes are recorded.
+    ``guard_for(node)`` returns it.
+    """
+
+    name = "forwarding"
+
+    def __init__(self, mediator: Mediator | None = None) -> None:
+        self.mediator = mediator
         self._mutex = threading.Lock()
         self._locks: dict[str, list[Any]] = {}  # key -> [lock, users]
+
+    def install(self, node: NodeHandle) -> None:
+        self._node = node
+        if self.mediator is not None and IdempotencyTable.name not in node.state_machines.machines:
+            node.register(IdempotencyTable())  # forwarded commands' outcomes
 
     def run_once(
         self,
@@ -659,14 +673,12 @@ def _error_json(exc: BaseException) -> dict[str, Any]:
     return {"error": {"type": error_type_name(exc), "message": str(exc)}}
 
 
-_GUARDS: weakref.WeakKeyDictionary[ClusterNode, ForwardingGuard] = weakref.WeakKeyDictionary()
-_GUARDS_LOCK = threading.Lock()
-
-
-def guard_for(node: ClusterNode) -> ForwardingGuard:
+def guard_for(node: NodeHandle) -> ForwardingGuard:
     """The node's guard (one per node, so its key locks are shared by every path)."""
-    with _GUARDS_LOCK:
-        guard = _GUARDS.get(node)
-        if guard is None:
-            guard = _GUARDS[node] = ForwardingGuard(node)
-        return guard
+    found = node.extensions.get(ForwardingGuard.name)
+    if not isinstance(found, ForwardingGuard):
+        raise NotRegisteredError(
+            f"node {node.node_id} has no forwarding guard: install ForwardingGuard(mediator) on "
+            "it (ClusterNode does)"
+        )
+    return found

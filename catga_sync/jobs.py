@@ -32,21 +32,30 @@ import inspect
 import itertools
 import logging
 import threading
-import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import CatgaError, ConfigError
+from .errors import (
+    AlreadyRegisteredError,
+    CatgaError,
+    ConfigError,
+    NodeNotRunningError,
+    NotRegisteredError,
+)
 from .fsm import StateMachine, command, query
+from .runtime.extension import Extension
+from .runtime.leadership import LeadershipChange, LeadershipWatch
+from .runtime.status import counter
 from .singleton import TaskContext
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
-    from .node import ClusterNode, NodeStatus
+    from .runtime.extension import NodeHandle
 
-__all__ = ["JobContext", "JobRuns", "LeaderJob", "LeaderJobs", "describe"]
+__all__ = ["JobContext", "JobRuns", "LeaderJob", "LeaderJobStats", "LeaderJobs", "describe"]
 
 log = logging.getLogger("catga_sync.jobs")
 
@@ -119,7 +128,7 @@ class JobContext(TaskContext):
     loses leadership during the run."""
 
     def __init__(
-        self, node: ClusterNode, job_id: str, fencing_token: int, fire_time: datetime
+        self, node: NodeHandle, job_id: str, fencing_token: int, fire_time: datetime
     ) -> None:
         super().__init__(node, job_id, fencing_token)
         self.job_id = job_id
@@ -287,12 +296,12 @@ class LeaderJob:
     def _timeout(self) -> float:
         if self.timeout is not None:
             return self.timeout
-        return max(2.0, 20 * self.manager.node.config.election_timeout.total_seconds())
+        return self.manager.node.timeouts.job_barrier
 
     def _count(self, counter: str, n: int) -> None:
         with self.manager.lock:
             setattr(self, counter, getattr(self, counter) + n)
-            stats = self.manager.node.stats
+            stats = self.manager.stats
             metric = {
                 "runs": "leader_job_runs",
                 "misses": "leader_job_misses",
@@ -361,8 +370,6 @@ class LeaderJob:
 
 _REGISTRY: dict[str, LeaderJob] = {}
 _SERIAL = itertools.count(1)
-_MANAGERS: weakref.WeakKeyDictionary[ClusterNode, LeaderJobs] = weakref.WeakKeyDictionary()
-_MANAGERS_LOCK = threading.RLock()
 
 
 def _run_gated_job(key: str) -> None:
@@ -378,35 +385,60 @@ def _run_gated_job(key: str) -> None:
     job.fire()
 
 
-class LeaderJobs:
-    """The leader-gated jobs of one node (``LeaderJobs.of(node)``), and the thread that
-    resumes them on election and pauses them when leadership is lost.
+@dataclass
+class LeaderJobStats:
+    """Counters of a node's leader-gated jobs (exported as metrics)."""
 
-    ``scheduler`` is where jobs go unless ``add_job`` names another: by default the node's own
-    (the one given to the node or ``CatgaCluster``, else the one the node creates).
+    leader_job_runs: int = counter("Leader-gated job runs started on this node")
+    leader_job_misses: int = counter(
+        "Due fire times of gated jobs coalesced, dropped or not confirmed"
+    )
+    leader_job_failures: int = counter("Leader-gated job runs that raised")
+    leader_job_skips: int = counter("Gated job fires skipped because the log shows them completed")
+
+
+class LeaderJobs(Extension):
+    """The leader-gated jobs of one node, and the thread that resumes them on election and
+    pauses them when leadership is lost.
+
+    An extension of the node (``node.extensions["singleton_jobs"]``, installed by
+    ``ClusterNode``; it registers the :class:`JobRuns` state machine);
+    ``LeaderJobs.of(node)`` returns it. ``scheduler`` is where jobs go unless ``add_job``
+    names another: by default the node's own (the one given to the node or ``CatgaCluster``,
+    else the one the node creates).
     """
 
-    def __init__(self, node: ClusterNode, *, scheduler: BaseScheduler | None = None) -> None:
-        self.node = node
+    name = "singleton_jobs"
+
+    def __init__(self, *, scheduler: BaseScheduler | None = None) -> None:
         self.lock = threading.Lock()
         self._scheduler = scheduler
         self._jobs: dict[str, LeaderJob] = {}
         self._cond = threading.Condition(self.lock)
-        self._leading: int | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
-        node.add_status_listener(self._on_status)
-        with self._cond:
-            self._leading = node.status.leading_term
-        with _MANAGERS_LOCK:
-            _MANAGERS.setdefault(node, self)
+        self.stats = LeaderJobStats()
 
     @classmethod
-    def of(cls, node: ClusterNode) -> LeaderJobs:
-        """The node's gated-job manager, created on first use."""
-        with _MANAGERS_LOCK:
-            existing = _MANAGERS.get(node)
-            return existing if existing is not None else cls(node)
+    def of(cls, node: NodeHandle) -> LeaderJobs:
+        """The gated-job manager installed on ``node``."""
+        found = node.extensions.get(cls.name)
+        if not isinstance(found, LeaderJobs):
+            raise NotRegisteredError(
+                f"node {node.node_id} has no leader-gated jobs: install LeaderJobs() on it "
+                "(ClusterNode does)"
+            )
+        return found
+
+    def install(self, node: NodeHandle) -> None:
+        self.node = node
+        if JobRuns.name not in node.state_machines.machines:
+            node.register(JobRuns())  # every node keeps the record of completed runs
+        self._watch = LeadershipWatch(node, self._on_leadership)
+
+    @property
+    def _leading(self) -> int | None:
+        return self._watch.leading
 
     def add_job(
         self,
@@ -445,9 +477,11 @@ class LeaderJobs:
         )
         with self._cond:
             if self._closed:
-                raise CatgaError(f"node {self.node.node_id} was stopped: add jobs to a new node")
+                raise NodeNotRunningError(
+                    f"node {self.node.node_id} was stopped: add jobs to a new node"
+                )
             if job_id in self._jobs:
-                raise CatgaError(
+                raise AlreadyRegisteredError(
                     f"a leader-gated job with id {job_id!r} is already registered on node "
                     f"{self.node.node_id}: give each job a unique id"
                 )
@@ -513,10 +547,22 @@ class LeaderJobs:
             return None
         return machine.runs.get(job_id)  # a dict replaced whole by the Raft loop: safe to read
 
-    def describe(self) -> list[dict[str, Any]]:
+    def jobs(self) -> list[dict[str, Any]]:
+        """Each gated job's id, name, state, fencing token, next run, last completed run and
+        counters."""
         with self._cond:
             jobs = list(self._jobs.values())
         return [job.describe() for job in jobs]
+
+    def describe(self) -> dict[str, Any]:
+        """Its part of ``GET /cluster``: ``{"singleton_jobs": [...]}``."""
+        return {"singleton_jobs": self.jobs()}
+
+    def counters(self) -> LeaderJobStats:
+        return self.stats
+
+    def stop(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Pause and remove every gated job from its scheduler. (Runs on its own when the node
@@ -529,14 +575,10 @@ class LeaderJobs:
 
     # -- the Raft loop's side -------------------------------------------------------------------
 
-    def _on_status(self, old: NodeStatus, new: NodeStatus) -> None:
-        leading = new.leading_term
-        stopped = old.running and not new.running
+    def _on_leadership(self, change: LeadershipChange) -> None:
+        leading = change.leading
         with self._cond:
-            if leading == self._leading and not stopped:
-                return
-            self._leading = leading
-            if stopped:
+            if change.stopped:
                 self._closed = True
             for job in self._jobs.values():
                 for ctx in job.active:
@@ -597,11 +639,10 @@ class LeaderJobs:
             job.resumed_term = None
 
 
-def describe(node: ClusterNode) -> list[dict[str, Any]]:
+def describe(node: NodeHandle) -> list[dict[str, Any]]:
     """The state of every gated job of ``node`` (``[]`` when it has none)."""
-    with _MANAGERS_LOCK:
-        manager = _MANAGERS.get(node)
-    return [] if manager is None else manager.describe()
+    found = node.extensions.get(LeaderJobs.name)
+    return found.jobs() if isinstance(found, LeaderJobs) else []
 
 
 _JITTER = (
@@ -627,7 +668,7 @@ def _check_options(options: dict[str, Any]) -> None:
         raise ConfigError(_JITTER)
 
 
-def _node_scheduler(node: ClusterNode) -> BaseScheduler:
+def _node_scheduler(node: NodeHandle) -> BaseScheduler:
     """The node's scheduler (its own BackgroundScheduler when it was given none)."""
     return node.scheduler
 

@@ -1001,7 +1001,7 @@ def _give_up(node: ClusterNode, name: str, holder: str) -> None:
 def _node_of(target: ClusterNode | ClusterCoordinator) -> ClusterNode:
     from .coordinator import ClusterCoordinator
 
-    return target.node if isinstance(target, ClusterCoordinator) else target
+    return target.node if isinstance(target, ClusterCoordinator) else target  # type: ignore[return-value]
 
 
 def _default_owner(node: ClusterNode) -> str:

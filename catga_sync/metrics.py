@@ -1,6 +1,8 @@
 """Prometheus metrics of a node (extra ``metrics``: ``pip install catga-sync[metrics]``).
 
 Names follow Prometheus conventions: ``catga_`` prefix, ``_total`` for counters, base units.
+Counters come from one table each: the fields of the node's :class:`~catga_sync.runtime.NodeStats`
+and of each extension's ``counters()``, with their help text (:func:`~catga_sync.runtime.counter`).
 """
 
 from __future__ import annotations
@@ -9,39 +11,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .raft import Role
+from .runtime.status import counters_of
 
 if TYPE_CHECKING:
-    from .node import ClusterNode
-
-_COUNTERS = (
-    ("elections", "Elections this node started as a candidate"),
-    ("leader_changes", "Times this node saw a new leader"),
-    ("ticks", "Raft ticks run"),
-    ("late_ticks", "Ticks that ran late because the tick job or the loop was delayed"),
-    ("skipped_jobs", "Tick jobs APScheduler skipped or missed"),
-    ("readies", "Batches of Raft work handled (one storage transaction each)"),
-    ("entries_persisted", "Log entries written to storage"),
-    ("bytes_persisted", "Bytes of log entry data written to storage"),
-    (
-        "commit_only_writes_unsynced",
-        "Readies whose only durable change, the commit index, was written without an fsync",
-    ),
-    ("inline_replies", "Messages answered in the response to a peer's request"),
-    ("commit_notices_parked", "Commit notices held back for an AppendEntries to carry"),
-    ("commit_notices_saved", "Held-back commit notices made redundant by an AppendEntries"),
-    ("messages_sent", "Raft messages handed to the transport"),
-    ("messages_received", "Raft messages received from peers"),
-    ("invalid_messages", "Peer messages the core refused"),
-    ("singleton_task_starts", "Singleton task runs started on this node"),
-    ("singleton_task_stops", "Singleton task runs that ended"),
-    ("singleton_task_restarts", "Singleton task runs started again after a failure"),
-    ("singleton_task_failures", "Singleton task runs that raised"),
-    ("singleton_task_stuck", "Singleton task runs that ignored the stop past stop_timeout"),
-    ("leader_job_runs", "Leader-gated job runs started on this node"),
-    ("leader_job_misses", "Due fire times of gated jobs coalesced, dropped or not confirmed"),
-    ("leader_job_failures", "Leader-gated job runs that raised"),
-    ("leader_job_skips", "Gated job fires skipped because the log shows them completed"),
-)
+    from .runtime.extension import NodeHandle
 
 
 def available() -> bool:
@@ -55,7 +28,7 @@ def available() -> bool:
 class NodeCollector:
     """A prometheus_client collector reading a node's status and counters at scrape time."""
 
-    def __init__(self, node: ClusterNode) -> None:
+    def __init__(self, node: NodeHandle) -> None:
         self._node = node
 
     def collect(self) -> Iterator[Any]:
@@ -65,10 +38,14 @@ class NodeCollector:
         status = node.status
         labels = ["node_id"]
         values = [node.node_id]
-        stats = node.stats
-        for name, help_text in _COUNTERS:
+        counters = counters_of(node.stats)
+        for extension in node.extensions.values():
+            stats = extension.counters()
+            if stats is not None:
+                counters.extend(counters_of(stats))
+        for name, help_text, value in counters:
             family = CounterMetricFamily(f"catga_{name}", help_text, labels=labels)
-            family.add_metric(values, getattr(stats, name))
+            family.add_metric(values, value)
             yield family
         gauges = {
             "catga_term": ("Current Raft term", status.term),
@@ -107,7 +84,7 @@ class NodeCollector:
             yield latency
 
 
-def render(node: ClusterNode) -> tuple[bytes, str]:
+def render(node: NodeHandle) -> tuple[bytes, str]:
     """The text exposition of ``node``'s metrics and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 

@@ -28,17 +28,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import CatgaError
+from .errors import AlreadyRegisteredError, CatgaError, NodeNotRunningError, NotRegisteredError
+from .runtime.extension import Extension
+from .runtime.leadership import LeadershipChange, LeadershipWatch
+from .runtime.status import counter
 
 if TYPE_CHECKING:
-    from .node import ClusterNode, NodeStatus
+    from .runtime.extension import NodeHandle
 
-__all__ = ["SingletonTaskRunner", "SingletonTasks", "TaskContext", "describe"]
+__all__ = [
+    "SingletonTaskRunner",
+    "SingletonTaskStats",
+    "SingletonTasks",
+    "TaskContext",
+    "describe",
+]
 
 log = logging.getLogger("catga_sync.singleton")
 
@@ -56,7 +64,7 @@ class TaskContext:
     wakes at once when told to stop — use it instead of ``time.sleep``.
     """
 
-    def __init__(self, node: ClusterNode, name: str, fencing_token: int) -> None:
+    def __init__(self, node: NodeHandle, name: str, fencing_token: int) -> None:
         self.node = node
         self.name = name
         self.fencing_token = fencing_token
@@ -94,7 +102,7 @@ class TaskContext:
         if not self.is_valid():
             return False
         if timeout is None:
-            timeout = max(0.5, 4 * self.node.config.election_timeout.total_seconds())
+            timeout = self.node.timeouts.confirm_leadership
         try:
             self.node.read_barrier(timeout=timeout)
         except CatgaError:
@@ -174,47 +182,64 @@ class _Task:
         }
 
 
-_MANAGERS: weakref.WeakKeyDictionary[ClusterNode, list[SingletonTasks]] = (
-    weakref.WeakKeyDictionary()
-)
-_MANAGERS_LOCK = threading.RLock()
+@dataclass
+class SingletonTaskStats:
+    """Counters of a node's singleton tasks (exported as metrics)."""
+
+    singleton_task_starts: int = counter("Singleton task runs started on this node")
+    singleton_task_stops: int = counter("Singleton task runs that ended")
+    singleton_task_restarts: int = counter("Singleton task runs started again after a failure")
+    singleton_task_failures: int = counter("Singleton task runs that raised")
+    singleton_task_stuck: int = counter(
+        "Singleton task runs that ignored the stop past stop_timeout"
+    )
 
 
-class SingletonTasks:
+class SingletonTasks(Extension):
     """The singleton tasks of one node, and the supervisor thread that starts and stops them.
 
-    ``SingletonTasks.of(node)`` is the node's own (what ``CatgaCluster.add_singleton_task``
-    uses); tasks may be added before or after the node starts.
+    An extension of the node (``node.extensions["singleton_tasks"]``, installed by
+    ``ClusterNode``); ``SingletonTasks.of(node)`` returns it (what
+    ``CatgaCluster.add_singleton_task`` uses). Tasks may be added before or after the node
+    starts.
 
-    States shown by :meth:`describe` (and ``GET /cluster``): ``waiting`` (not leader),
+    States shown by :meth:`tasks` (and ``GET /cluster``): ``waiting`` (not leader),
     ``running``, ``stopping`` (told to stop, not returned yet), ``stuck`` (ignored the stop for
     longer than ``stop_timeout``), ``failed`` (raised; restarts after a backoff) and
     ``stopped`` (returned on its own; starts again at the next leadership).
     """
 
-    def __init__(self, node: ClusterNode, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._node = node
+    name = "singleton_tasks"
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._tasks: dict[str, _Task] = {}
         self._cond = threading.Condition()
-        self._leading: int | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
-        node.add_status_listener(self._on_status)
-        with self._cond:
-            self._leading = node.status.leading_term
-        with _MANAGERS_LOCK:
-            _MANAGERS.setdefault(node, []).append(self)
+        self.stats = SingletonTaskStats()
 
     @classmethod
-    def of(cls, node: ClusterNode) -> SingletonTasks:
-        """The node's singleton task manager, created on first use."""
-        with _MANAGERS_LOCK:
-            existing = _MANAGERS.get(node)
-            return existing[0] if existing else cls(node)
+    def of(cls, node: NodeHandle) -> SingletonTasks:
+        """The singleton task manager installed on ``node``."""
+        found = node.extensions.get(cls.name)
+        if not isinstance(found, SingletonTasks):
+            raise NotRegisteredError(
+                f"node {node.node_id} has no singleton tasks: install SingletonTasks() on it "
+                "(ClusterNode does)"
+            )
+        return found
+
+    def install(self, node: NodeHandle) -> None:
+        self._node = node
+        self._watch = LeadershipWatch(node, self._on_leadership)
 
     @property
-    def node(self) -> ClusterNode:
+    def _leading(self) -> int | None:
+        return self._watch.leading
+
+    @property
+    def node(self) -> NodeHandle:
         return self._node
 
     def add(self, task: T, *, name: str | None = None) -> T:
@@ -224,11 +249,11 @@ class SingletonTasks:
         runner = _as_runner(task, name)
         with self._cond:
             if self._closed:
-                raise CatgaError(
+                raise NodeNotRunningError(
                     f"node {self._node.node_id} was stopped: add singleton tasks to a new node"
                 )
             if runner.task_name in self._tasks:
-                raise CatgaError(
+                raise AlreadyRegisteredError(
                     f"a singleton task named {runner.task_name!r} is already registered on node "
                     f"{self._node.node_id}: give each task a unique task_name"
                 )
@@ -243,11 +268,21 @@ class SingletonTasks:
             self._cond.notify_all()
         return task
 
-    def describe(self) -> list[dict[str, Any]]:
+    def tasks(self) -> list[dict[str, Any]]:
         """Each task's name, state, fencing token (the term of its last run), starts,
         restarts, failures and last error."""
         with self._cond:
             return [task.describe() for task in self._tasks.values()]
+
+    def describe(self) -> dict[str, Any]:
+        """Its part of ``GET /cluster``: ``{"singleton_tasks": [...]}``."""
+        return {"singleton_tasks": self.tasks()}
+
+    def counters(self) -> SingletonTaskStats:
+        return self.stats
+
+    def stop(self) -> None:
+        self.close()
 
     def close(self, timeout: float = 0.0) -> bool:
         """Tell every run to stop and start no more; wait up to ``timeout`` for them to
@@ -268,14 +303,10 @@ class SingletonTasks:
 
     # -- the Raft loop's side: tiny, never blocks ----------------------------------------------
 
-    def _on_status(self, old: NodeStatus, new: NodeStatus) -> None:
-        leading = new.leading_term
-        stopped = old.running and not new.running
+    def _on_leadership(self, change: LeadershipChange) -> None:
+        leading = change.leading
         with self._cond:
-            if leading == self._leading and not stopped:
-                return
-            self._leading = leading
-            if stopped:
+            if change.stopped:
                 self._closed = True
             for task in self._tasks.values():
                 ctx = task.ctx
@@ -336,7 +367,7 @@ class SingletonTasks:
         task.stop_asked_at = None
         task.state = "running"
         task.starts += 1
-        stats = self._node.stats
+        stats = self.stats
         stats.singleton_task_starts += 1
         if restart:
             task.restarts += 1
@@ -378,7 +409,7 @@ class SingletonTasks:
         with self._cond:
             task.thread = None
             task.ctx = None
-            self._node.stats.singleton_task_stops += 1
+            self.stats.singleton_task_stops += 1
             if task.stuck:
                 task.stuck = False
                 log.warning(
@@ -389,7 +420,7 @@ class SingletonTasks:
                 )
             if error is not None:
                 task.failures += 1
-                self._node.stats.singleton_task_failures += 1
+                self.stats.singleton_task_failures += 1
                 task.failures_in_row = 1 if lasted >= HEALTHY_RUN else task.failures_in_row + 1
                 task.last_error = f"{type(error).__name__}: {error}"
                 if not ctx.stop_event.is_set():
@@ -411,7 +442,7 @@ class SingletonTasks:
     def _report_stuck(self, task: _Task, now: float) -> None:
         task.stuck = True
         task.state = "stuck"
-        self._node.stats.singleton_task_stuck += 1
+        self.stats.singleton_task_stuck += 1
         log.error(
             "singleton task %s on node %s ignored cancellation: still running %.1fs after it was "
             "told to stop (term %s is over); it will not start again on this node until it "
@@ -423,11 +454,10 @@ class SingletonTasks:
         )
 
 
-def describe(node: ClusterNode) -> list[dict[str, Any]]:
+def describe(node: NodeHandle) -> list[dict[str, Any]]:
     """The state of every singleton task of ``node`` (``[]`` when it has none)."""
-    with _MANAGERS_LOCK:
-        managers = list(_MANAGERS.get(node, ()))
-    return [entry for manager in managers for entry in manager.describe()]
+    found = node.extensions.get(SingletonTasks.name)
+    return found.tasks() if isinstance(found, SingletonTasks) else []
 
 
 def _as_runner(task: Any, name: str | None) -> SingletonTaskRunner:

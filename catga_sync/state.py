@@ -1,179 +1,25 @@
 """Calling replicated state machines from any node: ``orders = cluster.state(Orders)``.
 
-``orders.create(...)`` runs the ``create`` command through the Raft log — from a follower it is
-forwarded to the leader — and returns its result once the entry is applied on *this* node; an
-error raised by the command is raised here, same type, same message. ``orders.get(...)`` runs a
-query after a linearizable read barrier; ``orders.local.get(...)`` reads this node's state as
-it is, without asking the leader (faster, possibly stale).
-
-Every command carries a request id (client, seq) so that retries after a lost answer or a
-leader change apply it once. ``orders.with_request_id(key).create(...)`` uses your own id — an
-HTTP ``Idempotency-Key``, say — so that a client retrying from outside is deduplicated too.
+The handles live in :mod:`catga_sync.runtime.state` (the engine serves them); this module keeps
+the old import path.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
-import time
-import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from .runtime.state import (
+    OUTSTANDING_GRACE,
+    ClientSession,
+    LocalQueries,
+    StateHandle,
+    parse_request_id,
+    request_id,
+)
 
-from .errors import CatgaError, CommitTimeoutError
-from .fsm import StateMachine, encode_command
-
-if TYPE_CHECKING:
-    from .node import ClusterNode
-
-M = TypeVar("M", bound=StateMachine)
-
-OUTSTANDING_GRACE = 60.0
-"""Seconds a timed-out request stays unacknowledged, so that retrying it stays exactly-once."""
-
-
-class ClientSession:
-    """This process's client identity: a client id and a sequence of request numbers.
-
-    The lowest request still waiting for its answer is sent along as ``ack`` so the cluster can
-    forget every older outcome (Raft thesis §6.3).
-    """
-
-    def __init__(self, client_id: str | None = None) -> None:
-        self.client_id = client_id or uuid.uuid4().hex
-        self._seq = itertools.count(1)
-        self._outstanding: dict[int, float] = {}
-        self._lock = threading.Lock()
-
-    def begin(self) -> tuple[int, int]:
-        """A new sequence number, and the ``ack`` to send with it."""
-        with self._lock:
-            seq = next(self._seq)
-            now = time.monotonic()
-            for old, expires in list(self._outstanding.items()):
-                if expires and expires < now:
-                    del self._outstanding[old]
-            self._outstanding[seq] = 0.0
-            return seq, min(self._outstanding)
-
-    def finish(self, seq: int, *, answered: bool) -> None:
-        with self._lock:
-            if answered:
-                self._outstanding.pop(seq, None)
-            else:  # keep it unacknowledged a while: the caller may retry with its request id
-                self._outstanding[seq] = time.monotonic() + OUTSTANDING_GRACE
-
-
-def request_id(client: str, seq: int) -> str:
-    return f"{client}#{seq}"
-
-
-def parse_request_id(value: str) -> tuple[str, int]:
-    """``client#seq`` (as CommitTimeoutError reports it) or any other string (seq 0)."""
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise CatgaError("a request id must be a non-empty string of at most 200 characters")
-    client, sep, seq = value.rpartition("#")
-    if sep and client and seq.isdigit():
-        return client, int(seq)
-    return f"id:{value}", 0
-
-
-class StateHandle(Generic[M]):
-    """Calls on one replicated state machine through one node. Thread-safe."""
-
-    def __init__(
-        self,
-        node: ClusterNode,
-        machine: M,
-        session: ClientSession,
-        *,
-        timeout: float | None = None,
-        fixed_id: tuple[str, int] | None = None,
-    ) -> None:
-        self._node = node
-        self._machine = machine
-        self._name = machine.name or type(machine).__name__
-        self._session = session
-        self._timeout = timeout
-        self._fixed_id = fixed_id
-        self._commands = type(machine).commands()
-        self._queries = type(machine).queries()
-
-    @property
-    def machine(self) -> M:
-        """The local state machine instance (read it only through queries)."""
-        return self._machine
-
-    @property
-    def local(self) -> LocalQueries[M]:
-        """Queries on this node's state as it is now: fast, possibly stale."""
-        return LocalQueries(self._node, self._machine)
-
-    def with_request_id(self, key: str) -> StateHandle[M]:
-        """The same handle, with every command carrying request id ``key``: a command with an
-        id the cluster has seen returns the first outcome instead of running again."""
-        return StateHandle(
-            self._node,
-            self._machine,
-            self._session,
-            timeout=self._timeout,
-            fixed_id=parse_request_id(key),
-        )
-
-    def with_timeout(self, seconds: float) -> StateHandle[M]:
-        return StateHandle(
-            self._node, self._machine, self._session, timeout=seconds, fixed_id=self._fixed_id
-        )
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name in self._commands:
-            return lambda *args, **kwargs: self._command(name, args, kwargs)
-        if name in self._queries:
-            return lambda *args, **kwargs: self._query(name, args, kwargs)
-        raise AttributeError(
-            f"{type(self._machine).__name__} has no command or query {name!r} "
-            f"(commands: {sorted(self._commands)}, queries: {sorted(self._queries)})"
-        )
-
-    def _command(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._fixed_id is not None:
-            client, seq = self._fixed_id
-            ack = None
-        else:
-            client = self._session.client_id
-            seq, ack = self._session.begin()
-        data = encode_command(
-            self._name, method, args, kwargs, client=client, seq=seq, ack=ack, time=time.time()
-        )
-        answered = False
-        try:
-            outcome = self._node.submit(data, timeout=self._timeout)
-            answered = True
-        except CommitTimeoutError as exc:
-            rid = request_id(client, seq)
-            raise CommitTimeoutError(
-                f"{exc} Request id: {rid} (pass it to with_request_id() to retry)", rid
-            ) from exc
-        finally:
-            if self._fixed_id is None:
-                self._session.finish(seq, answered=answered)
-        return outcome.unwrap()
-
-    def _query(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self._node.read_barrier(timeout=self._timeout)
-        return self._node.run_on_loop(lambda: getattr(self._machine, method)(*args, **kwargs))
-
-
-class LocalQueries(Generic[M]):
-    """Queries answered from this node's state without a read barrier."""
-
-    def __init__(self, node: ClusterNode, machine: M) -> None:
-        self._node = node
-        self._machine = machine
-        self._queries = type(machine).queries()
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in self._queries:
-            raise AttributeError(f"{type(self._machine).__name__} has no query {name!r}")
-        method = getattr(self._machine, name)
-        return lambda *args, **kwargs: self._node.run_on_loop(lambda: method(*args, **kwargs))
+__all__ = [
+    "OUTSTANDING_GRACE",
+    "ClientSession",
+    "LocalQueries",
+    "StateHandle",
+    "parse_request_id",
+    "request_id",
+]

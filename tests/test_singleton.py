@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from e2e.harness import poll
@@ -18,8 +18,9 @@ from flask import Flask
 
 from catga_sync.config import ClusterConfig
 from catga_sync.errors import CatgaError
-from catga_sync.node import ClusterNode, NodeStats, NodeStatus
+from catga_sync.node import ClusterNode, NodeStatus
 from catga_sync.raft import Role
+from catga_sync.runtime import Extension
 from catga_sync.singleton import SingletonTaskRunner, SingletonTasks, TaskContext, describe
 from catga_sync.storage import MemoryStorage
 from catga_sync.transport.memory import MemoryNetwork, MemoryTransport
@@ -157,7 +158,7 @@ def test_the_task_runs_on_one_node_per_term_and_moves_with_each_failover(
         leader = new
     recorder.assert_one_node_per_term()
     assert recorder.most_at_once == 1
-    assert leader.stats.singleton_task_starts >= 1
+    assert SingletonTasks.of(leader).stats.singleton_task_starts >= 1
     states = {t["name"]: t for t in describe(leader)}
     assert states["outbox"]["state"] == "running"
     assert states["outbox"]["fencing_token"] == leader.status.term
@@ -216,15 +217,24 @@ def test_a_paused_old_leader_learns_on_resume_that_it_is_stale(
 # The supervisor's rules, on a node whose status the test publishes
 
 
+E = TypeVar("E", bound=Extension)
+
+
 class FakeNode:
     """What SingletonTasks uses of a ClusterNode, with a status the test sets."""
 
     def __init__(self) -> None:
         self.node_id = "fake"
-        self.stats = NodeStats()
         self.config = ClusterConfig(local_node_endpoint="http://localhost:7690", node_id="fake")
+        self.timeouts = self.config.timeouts
+        self.extensions: dict[str, Extension] = {}
         self.listeners: list[Callable[[NodeStatus, NodeStatus], None]] = []
         self.status = self._status(Role.FOLLOWER, 1)
+
+    def add_extension(self, extension: E) -> E:
+        extension.install(self)  # type: ignore[arg-type]
+        self.extensions[extension.name] = extension
+        return extension
 
     def _status(self, role: Role, term: int, running: bool = True) -> NodeStatus:
         leader = "http://localhost:7690" if role is Role.LEADER else None
@@ -288,14 +298,14 @@ def fake() -> Iterator[FakeNode]:
 
 
 def state_of(tasks: SingletonTasks, name: str = "scripted") -> dict[str, Any]:
-    return next(t for t in tasks.describe() if t["name"] == name)
+    return next(t for t in tasks.tasks() if t["name"] == name)
 
 
 def test_a_new_term_without_a_step_down_in_between_restarts_with_the_new_token(
     fake: FakeNode,
 ) -> None:
     runner = Scripted()
-    tasks = SingletonTasks(fake)  # type: ignore[arg-type]
+    tasks = fake.add_extension(SingletonTasks())
     tasks.add(runner)
     fake.publish(Role.LEADER, 5)
     eventually(lambda: len(runner.runs) == 1, "a run in term 5")
@@ -309,14 +319,14 @@ def test_a_new_term_without_a_step_down_in_between_restarts_with_the_new_token(
     assert [c.fencing_token for c in runner.runs] == [5, 7, 9]
     assert runner.runs[1].stop_event.is_set() and not runner.runs[2].stop_event.is_set()
     assert runner.most_at_once == 1
-    assert fake.stats.singleton_task_starts == 3
+    assert tasks.stats.singleton_task_starts == 3
 
 
 def test_a_failing_task_is_logged_and_restarted_with_backoff(
     fake: FakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     runner = Scripted("fail", "fail", "run")
-    tasks = SingletonTasks(fake)  # type: ignore[arg-type]
+    tasks = fake.add_extension(SingletonTasks())
     tasks.add(runner)
     with caplog.at_level(logging.ERROR, logger="catga_sync.singleton"):
         fake.publish(Role.LEADER, 3)
@@ -326,7 +336,7 @@ def test_a_failing_task_is_logged_and_restarted_with_backoff(
     assert (state["starts"], state["restarts"], state["failures"]) == (3, 2, 2)
     assert state["last_error"] == "RuntimeError: boom 2"
     assert state["fencing_token"] == 3
-    stats = fake.stats
+    stats = tasks.stats
     assert (stats.singleton_task_restarts, stats.singleton_task_failures) == (2, 2)
 
 
@@ -334,7 +344,7 @@ def test_a_task_that_ignores_its_stop_is_reported_and_never_runs_twice(
     fake: FakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     runner = Scripted("ignore", "run")
-    tasks = SingletonTasks(fake)  # type: ignore[arg-type]
+    tasks = fake.add_extension(SingletonTasks())
     tasks.add(runner)
     fake.publish(Role.LEADER, 2)
     eventually(lambda: len(runner.runs) == 1, "the first run")
@@ -342,7 +352,7 @@ def test_a_task_that_ignores_its_stop_is_reported_and_never_runs_twice(
         fake.publish(Role.FOLLOWER, 3)
         eventually(lambda: state_of(tasks)["state"] == "stuck", "the stuck report")
     assert "ignored cancellation" in caplog.text
-    assert fake.stats.singleton_task_stuck == 1
+    assert tasks.stats.singleton_task_stuck == 1
     fake.publish(Role.LEADER, 4)  # leader again while the old run still goes on
     time.sleep(0.1)
     assert len(runner.runs) == 1  # no second run beside the stuck one
@@ -354,7 +364,7 @@ def test_a_task_that_ignores_its_stop_is_reported_and_never_runs_twice(
 
 def test_a_task_that_returns_while_leading_is_done_for_that_term(fake: FakeNode) -> None:
     runner = Scripted("return")
-    tasks = SingletonTasks(fake)  # type: ignore[arg-type]
+    tasks = fake.add_extension(SingletonTasks())
     tasks.add(runner)
     fake.publish(Role.LEADER, 2)
     eventually(lambda: state_of(tasks)["state"] == "stopped", "stopped")
@@ -366,7 +376,7 @@ def test_a_task_that_returns_while_leading_is_done_for_that_term(fake: FakeNode)
 def test_a_task_added_while_leading_starts_at_once_and_close_stops_it(fake: FakeNode) -> None:
     fake.publish(Role.LEADER, 4)
     runner = Scripted()
-    tasks = SingletonTasks(fake)  # type: ignore[arg-type]
+    tasks = fake.add_extension(SingletonTasks())
     tasks.add(runner)
     eventually(lambda: len(runner.runs) == 1, "a run")
     assert runner.runs[0].is_valid() and runner.runs[0].confirm_leadership()
@@ -377,7 +387,7 @@ def test_a_task_added_while_leading_starts_at_once_and_close_stops_it(fake: Fake
 
 
 def test_names_are_unique_and_functions_and_classes_are_tasks(fake: FakeNode) -> None:
-    tasks = SingletonTasks.of(fake)  # type: ignore[arg-type]
+    tasks = fake.add_extension(SingletonTasks())
     assert SingletonTasks.of(fake) is tasks  # type: ignore[arg-type]
 
     @tasks.add
@@ -389,8 +399,8 @@ def test_names_are_unique_and_functions_and_classes_are_tasks(fake: FakeNode) ->
             ctx.wait(WAIT)
 
     tasks.add(Purger)
-    assert [t["name"] for t in tasks.describe()] == ["outbox", "Purger"]
-    assert all(t["state"] == "waiting" for t in tasks.describe())
+    assert [t["name"] for t in tasks.tasks()] == ["outbox", "Purger"]
+    assert all(t["state"] == "waiting" for t in tasks.tasks())
     with pytest.raises(CatgaError, match="already registered"):
         tasks.add(outbox)
     with pytest.raises(TypeError, match="SingletonTaskRunner"):

@@ -111,7 +111,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 def aps_job(node: ClusterNode) -> Any:
-    return node._scheduler.get_job("purge")  # type: ignore[union-attr]
+    return node.scheduler.get_job("purge")
 
 
 def record(node: ClusterNode) -> dict[str, Any] | None:
@@ -136,11 +136,11 @@ def test_a_gated_job_runs_on_the_leader_only_and_is_paused_on_followers(
     # One run per fire time, in order, on the trigger's grid; a fire time the scheduler
     # reached too late under load is coalesced into the next, and counted as missed.
     assert all(s >= 1 - 1e-3 and abs(s - round(s)) < 4e-3 for s in steps), steps
-    assert leader.stats.leader_job_misses >= sum(round(s) - 1 for s in steps)
+    assert LeaderJobs.of(leader).stats.leader_job_misses >= sum(round(s) - 1 for s in steps)
     # Every node applied the record of the leader's runs.
     for node in cluster.nodes.values():
         eventually(lambda n=node: record(n) is not None, "the record everywhere")
-    assert leader.stats.leader_job_runs >= 3
+    assert LeaderJobs.of(leader).stats.leader_job_runs >= 3
     (state,) = describe(leader)
     assert state["id"] == "purge" and state["state"] in ("scheduled", "running")
     assert state["fencing_token"] == leader.status.term
@@ -170,7 +170,7 @@ def test_failover_neither_repeats_a_completed_fire_time_nor_skips_a_due_one(
     steps = round(gap / INTERVAL)
     assert abs(gap - steps * INTERVAL) < 1e-3
     assert steps >= (0 if old_job.unrecorded else 1)
-    assert new.stats.leader_job_misses >= max(0, steps - 1)
+    assert LeaderJobs.of(new).stats.leader_job_misses >= max(0, steps - 1)
     runs.assert_one_node_per_term()
 
 
@@ -184,7 +184,7 @@ def test_a_new_leader_runs_fire_times_missed_while_there_was_none_once(cluster: 
     ((node, _, fire),) = runs.runs
     assert node == leader.node_id
     assert fire == last + timedelta(hours=10)  # the latest fire time that fell due, once
-    assert leader.stats.leader_job_misses == 9  # the nine before it, coalesced
+    assert LeaderJobs.of(leader).stats.leader_job_misses == 9  # the nine before it, coalesced
     eventually(lambda: (record(leader) or {}).get("node_id") == leader.node_id, "the record")
     assert aps_job(leader).next_run_time == last + timedelta(hours=11)
 
@@ -229,7 +229,7 @@ def test_a_catch_up_older_than_misfire_grace_time_is_recorded_as_missed(
     eventually(lambda: (record(leader) or {}).get("missed"), "the miss recorded")
     assert not runs.runs
     assert record(leader)["fire_time"] == (last + timedelta(hours=2)).isoformat()  # type: ignore[index]
-    assert leader.stats.leader_job_misses == 2
+    assert LeaderJobs.of(leader).stats.leader_job_misses == 2
 
 
 def test_a_users_scheduler_with_a_persistent_job_store(cluster: Cluster, tmp_path: Path) -> None:
@@ -337,6 +337,6 @@ def test_module_level_registrations_apply_to_every_app_the_extension_joins() -> 
     app = Flask("module_level")
     extension.init_app(app)
     node = CatgaCluster.state_of(app).node
-    assert [t["name"] for t in SingletonTasks.of(node).describe()] == ["outbox"]
+    assert [t["name"] for t in SingletonTasks.of(node).tasks()] == ["outbox"]
     assert LeaderJobs.of(node).get("module-level-purge") is not None
     node.stop()

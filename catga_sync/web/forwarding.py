@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, jsonify
 
+from ..coordinator import ClusterCoordinator
 from ..errors import CommitTimeoutError, NotLeaderError
 from ..forwarding import (
     FORWARD_PATH,
@@ -30,11 +31,11 @@ from .blueprint import _ALL_METHODS, PeerGate
 
 if TYPE_CHECKING:
     from ..mediator import Mediator
-    from ..node import ClusterNode
+    from ..runtime.extension import NodeHandle
 
 
 def create_forwarding_blueprint(
-    get_node: Callable[[], ClusterNode | None],
+    get_node: Callable[[], NodeHandle | None],
     mediator: Mediator,
     *,
     secret: str | None,
@@ -58,7 +59,7 @@ def create_forwarding_blueprint(
         forwarded = decode_forward_request(body, mediator)  # 400 before anything runs
         deadline = time.monotonic() + forwarded.deadline
         if not node.status.is_leader:
-            return _not_leader(not_leader_error(node.coordinator))
+            return _not_leader(not_leader_error(ClusterCoordinator.of(node)))
         try:
             ran = guard_for(node).run_once(
                 forwarded.name,

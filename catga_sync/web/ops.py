@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, jsonify
 
-from .. import health, jobs, metrics, singleton
+from .. import health, metrics
 
 if TYPE_CHECKING:
-    from ..node import ClusterNode
+    from ..runtime.extension import NodeHandle
 
 
-def cluster_document(node: ClusterNode) -> dict[str, Any]:
-    """What ``GET /cluster`` returns: this node's view of the cluster."""
+def cluster_document(node: NodeHandle) -> dict[str, Any]:
+    """What ``GET /cluster`` returns: this node's view of the cluster, and each extension's
+    part (``singleton_tasks``, ``singleton_jobs``...)."""
     status = node.status
-    return {
+    document: dict[str, Any] = {
         "node_id": status.node_id,
         "role": status.role.value,
         "term": status.term,
@@ -27,13 +28,14 @@ def cluster_document(node: ClusterNode) -> dict[str, Any]:
         "last_applied": status.last_applied,
         "members": list(status.members),
         "running": status.running,
-        "singleton_tasks": singleton.describe(node),
-        "singleton_jobs": jobs.describe(node),
     }
+    for extension in node.extensions.values():
+        document.update(extension.describe())
+    return document
 
 
 def create_ops_blueprint(
-    get_node: Callable[[], ClusterNode], *, name: str = "catga_ops", url_prefix: str = ""
+    get_node: Callable[[], NodeHandle], *, name: str = "catga_ops", url_prefix: str = ""
 ) -> Blueprint:
     bp = Blueprint(name, __name__, url_prefix=url_prefix or None)
 

@@ -1,22 +1,28 @@
-"""The small Flask app a worker process without its own app serves on its endpoint."""
+"""The small Flask app a worker process without its own app serves on its endpoint, and the
+extension that serves it (:class:`EmbeddedServer`)."""
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer
 
+from ..forwarding import ForwardingGuard
+from ..runtime.extension import Extension
 from .blueprint import create_peer_blueprint
 from .forwarding import create_forwarding_blueprint
 from .keepalive import KeepAliveRequestHandler, KeepAliveServer
 from .ops import create_ops_blueprint
 
 if TYPE_CHECKING:
-    from ..node import ClusterNode
+    from ..runtime.extension import NodeHandle
+    from ..runtime.node import RaftNode
 
 
-def register_node_routes(app: Flask, node: ClusterNode, *, ops_routes: bool = True) -> None:
+def register_node_routes(app: Flask, node: RaftNode, *, ops_routes: bool = True) -> None:
     """Serve ``node`` from ``app``: the peer RPC (and proposals) under the configured prefix,
     the mediator's forwarding endpoint when the node has a mediator, and the operational routes
     (/health, /livez, /readyz, /cluster, /metrics). Used by the Flask extension and by the
@@ -25,7 +31,7 @@ def register_node_routes(app: Flask, node: ClusterNode, *, ops_routes: bool = Tr
     secret, window = config.secret, config.signature_window.total_seconds()
     limit, prefix = config.max_message_bytes, config.url_prefix
 
-    def running() -> ClusterNode | None:
+    def running() -> RaftNode | None:
         return node if node.running else None
 
     app.register_blueprint(
@@ -37,11 +43,13 @@ def register_node_routes(app: Flask, node: ClusterNode, *, ops_routes: bool = Tr
             url_prefix=prefix,
         )
     )
-    if node.mediator is not None:  # POST {url_prefix}/forward (docs/request-forwarding)
+    guard = node.extensions.get(ForwardingGuard.name)
+    mediator = guard.mediator if isinstance(guard, ForwardingGuard) else None
+    if mediator is not None:  # POST {url_prefix}/forward (docs/request-forwarding)
         app.register_blueprint(
             create_forwarding_blueprint(
                 running,
-                node.mediator,
+                mediator,
                 secret=secret,
                 max_body_bytes=limit,
                 signature_window=window,
@@ -52,13 +60,14 @@ def register_node_routes(app: Flask, node: ClusterNode, *, ops_routes: bool = Tr
         app.register_blueprint(create_ops_blueprint(lambda: node))
 
 
-def create_worker_app(node: ClusterNode) -> Flask:
+def create_worker_app(node: RaftNode) -> Flask:
     app = Flask(f"catga_sync.worker.{node.node_id}")
     register_node_routes(app, node)
     return app
 
 
 __all__ = [
+    "EmbeddedServer",
     "KeepAliveRequestHandler",
     "create_worker_app",
     "make_threaded_server",
@@ -70,3 +79,33 @@ def make_threaded_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
     """A threaded Werkzeug server with keep-alive, for nodes without another WSGI server
     (:mod:`catga_sync.web.keepalive`)."""
     return KeepAliveServer(host, port, app)
+
+
+class EmbeddedServer(Extension):
+    """Serves the worker app on the node's endpoint from a thread (for a worker process
+    without a Flask app of its own; ``ClusterNode(serve_http=False)`` leaves it out)."""
+
+    name = "embedded_server"
+
+    def __init__(self) -> None:
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def install(self, node: NodeHandle) -> None:
+        self._node = node
+
+    def start(self) -> None:
+        node = self._node
+        parts = urlsplit(node.raft_id)
+        app = create_worker_app(node)  # type: ignore[arg-type]  # the node serves the routes
+        self._server = make_threaded_server(app, parts.hostname or "127.0.0.1", parts.port or 80)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"catga-http-{node.node_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

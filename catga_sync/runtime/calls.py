@@ -1,0 +1,252 @@
+"""What other threads ask of the Raft loop: proposals, commands from any node, read barriers,
+leadership transfer, and waiting for an index to be applied.
+
+A part of :class:`~catga_sync.runtime.node.RaftNode` (a mixin, so the lifecycle and the calls
+each fit in a file one can read top to bottom); every call goes through the loop's inbox and
+waits on a future, with a timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+import tenacity
+
+from ..config import ClusterConfig, Timeouts
+from ..errors import (
+    CommitTimeoutError,
+    ForwardingError,
+    NodeNotRunningError,
+    NoLeaderError,
+    NotLeaderError,
+    ProposalDroppedError,
+)
+from ..fsm import Outcome
+from ..raft import RaftCore
+from ..transport.proposals import ProposalClient
+from .fork import ForkGuard
+from .loop import Call, Proposal, RaftLoop
+from .status import NodeStatus, StatusBoard
+
+__all__ = ["NodeCalls"]
+
+T = TypeVar("T")
+
+_RETRYABLE = (NotLeaderError, ProposalDroppedError, ForwardingError, CommitTimeoutError)
+
+
+class NodeCalls:
+    """The calls of a running node (see the module docstring)."""
+
+    node_id: str
+    raft_id: str
+    config: ClusterConfig
+    timeouts: Timeouts
+    _loop: RaftLoop | None
+    _fork: ForkGuard
+    _board: StatusBoard
+    _stopping_event: threading.Event
+    _proposals: ProposalClient | None
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError  # the node's lifecycle decides
+
+    def run_on_loop(self, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+        """Run ``fn()`` on the Raft loop, between two batches (state machines are consistent
+        there), and return its result."""
+        return self._call(lambda core: fn(), self._default_timeout(timeout))
+
+    def propose(self, data: bytes, *, timeout: float | None = None) -> Any:
+        """Append ``data`` to the log through this node (which must lead) and wait until it is
+        applied here; returns what the applier returned for it.
+
+        Raises :class:`~catga_sync.errors.NotLeaderError` on a follower, and
+        :class:`~catga_sync.errors.CommitTimeoutError` when the entry is not applied in time
+        (its outcome is then unknown).
+        """
+        return self.propose_indexed(data, timeout=timeout)[1]
+
+    def propose_indexed(
+        self, data: bytes, *, timeout: float | None = None, origin: str | None = None
+    ) -> tuple[int, Any]:
+        """Like :meth:`propose`, and also return the entry's log index. ``origin``: the Raft id
+        of the follower that forwarded the proposal, which then learns of its commit at once
+        (its caller waits until the follower applied it), not with the next AppendEntries."""
+        timeout = self._default_timeout(timeout)
+        deadline = time.monotonic() + timeout
+        if not isinstance(data, bytes):
+            raise TypeError(f"a proposal must be bytes, not {type(data).__name__}")
+        proposal = Proposal(data, origin)
+        index, applied = self._on_loop(proposal, proposal.future, timeout)
+        try:
+            return index, applied.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise CommitTimeoutError(
+                f"the proposal was not applied within {timeout:.2f}s; its outcome is unknown. "
+                "Retrying with the same request id is safe."
+            ) from None
+
+    def submit(self, data: bytes, *, timeout: float | None = None) -> Outcome:
+        """Run a command entry (:func:`catga_sync.fsm.encode_command`) through the cluster from
+        any node, and return its outcome once it is applied *on this node*.
+
+        On the leader it is proposed here; on a follower it is forwarded to the leader. A lost
+        answer, a leader change or a new election is retried with the same bytes — the same
+        (client, seq) request id — until ``timeout``, so the command is applied at most once.
+        Raises :class:`~catga_sync.errors.CommitTimeoutError` when its outcome is unknown.
+        """
+        timeout = self._default_timeout(timeout)
+        deadline = time.monotonic() + timeout
+
+        def attempt() -> Outcome:
+            remaining = deadline - time.monotonic()
+            if self._board.status.is_leader:
+                return Outcome.coerce(self.propose_indexed(data, timeout=remaining)[1])
+            leader = self._board.status.leader_endpoint
+            if leader is None or leader == self.raft_id:
+                raise NoLeaderError()
+            index, outcome = self._proposal_client().forward(leader, data, remaining)
+            self.wait_applied(index, max(0.0, deadline - time.monotonic()))
+            return Outcome.from_json(outcome)
+
+        try:
+            return attempt()  # the common case, without building a Retrying per command
+        except _RETRYABLE:
+            self._stopping_event.wait(min(0.005, max(0.0, deadline - time.monotonic())))
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_when_event_set(self._stopping_event) | _stop_at(deadline),
+            wait=tenacity.wait_exponential(multiplier=0.005, max=0.2)
+            + tenacity.wait_random(0, 0.005),
+            retry=tenacity.retry_if_exception_type(_RETRYABLE),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _RETRYABLE as exc:
+            raise CommitTimeoutError(
+                f"the command was not applied within {timeout:.2f}s ({exc}); its outcome is "
+                "unknown. Retrying with the same request id is safe."
+            ) from exc
+
+    def _proposal_client(self) -> ProposalClient:
+        if self._proposals is None:
+            self._proposals = ProposalClient(
+                sender_id=self.raft_id,
+                sender_name=self.node_id,
+                secret=self.config.secret,
+                url_prefix=self.config.url_prefix,
+                connect_timeout=self.timeouts.peer_request,
+            )
+        return self._proposals
+
+    def read_barrier(self, *, timeout: float | None = None) -> int:
+        """Wait until this node has applied everything committed before the call (a
+        linearizable read point, thesis §6.4); returns that index.
+
+        A read index request or its heartbeats can be lost (a dropped connection, a leader
+        change), and the core never answers a lost read, so the request is asked again, as
+        a new round, every two election timeouts until one is answered or ``timeout``.
+        Raises NoLeaderError at once when no leader is known, CommitTimeoutError after
+        ``timeout``."""
+        timeout = self._default_timeout(timeout)
+        deadline = time.monotonic() + timeout
+        retry_every = self.timeouts.read_index_retry
+        future: Future[int] = Future()
+        contexts: list[str] = []
+        loop = self._loop
+
+        def ask(core: RaftCore) -> None:
+            assert loop is not None
+            contexts.append(loop.ask_read_index(core, future))
+
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommitTimeoutError(
+                        f"no read index within {timeout:.2f}s (is there a leader and a quorum?)"
+                    )
+                self._call(ask, remaining)  # NoLeaderError at once: no leader to ask
+                try:
+                    return future.result(min(retry_every, max(0.0, deadline - time.monotonic())))
+                except FutureTimeout:
+                    continue
+        finally:
+            if loop is not None:
+                for context in contexts:
+                    loop.forget_read(context)
+
+    def transfer_leadership(
+        self, target: str | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Ask this leader to hand leadership to ``target`` (default: the most up-to-date
+        follower). Returns once asked; watch :attr:`status` for the outcome."""
+
+        def transfer(core: RaftCore) -> None:
+            chosen = target or core.most_up_to_date_voter()
+            if chosen is not None:
+                core.transfer_leadership(chosen)
+
+        self._call(transfer, self._default_timeout(timeout))
+
+    def wait_applied(self, index: int, timeout: float) -> None:
+        """Block until this node has applied ``index``; raises CommitTimeoutError."""
+        try:
+            self.wait_for(lambda s: s.last_applied >= index, timeout)
+        except TimeoutError:
+            raise CommitTimeoutError(
+                f"node {self.node_id} did not apply index {index} within {timeout:.2f}s"
+            ) from None
+
+    def wait_for(self, predicate: Callable[[NodeStatus], bool], timeout: float) -> NodeStatus:
+        """Block until ``predicate(status)`` holds; raises TimeoutError after ``timeout``."""
+        return self._board.wait_for(predicate, timeout, self.node_id)
+
+    def _default_timeout(self, timeout: float | None) -> float:
+        return self.timeouts.call if timeout is None else timeout
+
+    def _call(self, fn: Callable[[RaftCore], T], timeout: float) -> T:
+        """Run ``fn(core)`` on the Raft loop and return its result (or raise its error)."""
+        call = Call(fn)
+        result: T = self._on_loop(call, call.future, timeout)
+        return result
+
+    def _on_loop(self, event: object, future: Future[T], timeout: float) -> T:
+        """Queue ``event`` for the Raft loop and wait for its ``future``."""
+        self._fork.check()
+        loop = self._loop
+        if not self.running or loop is None:
+            failure = loop.failure if loop is not None else None
+            raise NodeNotRunningError(
+                f"node {self.node_id} is not running"
+                + (f" (it failed: {failure})" if failure else "; call start() first")
+            )
+        loop.put(event)
+        try:
+            result = future.result(timeout)
+        except FutureTimeout:
+            raise CommitTimeoutError(
+                f"the Raft loop of node {self.node_id} did not answer within {timeout:.2f}s"
+            ) from None
+        return result
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.wake()
+
+
+def _stop_at(deadline: float) -> tenacity.stop.stop_base:
+    """Stop retrying once the monotonic ``deadline`` has passed."""
+
+    class _StopAt(tenacity.stop.stop_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+            return time.monotonic() >= deadline
+
+    return _StopAt()

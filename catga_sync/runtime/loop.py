@@ -1,0 +1,401 @@
+"""The Raft loop: one thread that owns the :class:`~catga_sync.raft.RaftCore` and drives it.
+
+Everything else (peer RPC handlers, the pacemaker job, callers of ``propose``) talks to the
+loop through its inbox. For every batch of work the loop does, in this order and only this
+order:
+
+    **persist** the hard state and entries, **then send** the messages,
+    **then apply** committed entries, **then advance** the core.
+
+so that no vote and no acknowledgement leaves before the disk has it (the Ready contract,
+:class:`~catga_sync.raft.Ready`). Leader replication traffic (``Ready.early_messages``) may
+leave before the persist: the leader's own persist then counts as its acknowledgement.
+
+Time: the core counts ticks. The loop runs every tick that elapsed on the monotonic clock after
+each batch and sleeps on its inbox until the next tick is due, so a late wake-up costs no time.
+Late ticks are counted in the stats, never logged one by one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CatgaError, ProposalDroppedError, StorageError
+from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, Ready
+from ..storage.base import Storage
+from .outbox import Outbox, ReplySlot
+from .status import NodeStats
+
+__all__ = ["TICK", "Call", "Proposal", "RaftLoop"]
+
+log = logging.getLogger("catga_sync.node")
+
+TICK = object()
+"""A wake-up: the loop runs whatever ticks are due after each batch."""
+STOP = object()
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    future: Future[Any]
+    origin: str | None = None
+
+
+@dataclass(slots=True)
+class _ReadWaiter:
+    future: Future[int]
+    index: int = -1
+
+
+@dataclass
+class Call:
+    """Run ``fn(core)`` on the loop, between two batches."""
+
+    fn: Callable[[RaftCore], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
+class Proposal:
+    """A command for the log. The loop appends every proposal it drains in one go
+    (``propose_many``): one entry batch, one AppendEntries per follower, one fsync. The future
+    gets ``(index, applied)``: the entry's index, and a future of what the applier returned."""
+
+    data: bytes
+    origin: str | None = None
+    future: Future[tuple[int, Future[Any]]] = field(default_factory=Future)
+
+
+class RaftLoop:
+    """The thread that owns ``core`` and its storage (see the module docstring).
+
+    ``apply(entry)`` runs each committed normal entry and returns its result for the proposer;
+    ``restore(data)`` installs a snapshot; ``snapshot()`` takes one for log compaction every
+    ``snapshot_every`` applied entries (None: never). ``published(membership)`` is called after
+    every batch that changed something a status shows.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        core: RaftCore,
+        storage: Storage,
+        outbox: Outbox,
+        stats: NodeStats,
+        *,
+        hard_state: HardState,
+        tick_seconds: float,
+        apply: Callable[[Entry], Any],
+        restore: Callable[[bytes], None],
+        snapshot: Callable[[], bytes] | None,
+        snapshot_every: int,
+        published: Callable[[Membership | None], None],
+    ) -> None:
+        self.node_id = node_id
+        self.core = core
+        self._storage = storage
+        self.outbox = outbox
+        self._stats = stats
+        self._apply_entry = apply
+        self._restore = restore
+        self._snapshot = snapshot
+        self._snapshot_every = snapshot_every
+        self._published = published
+        self._written_hard = hard_state
+        self._commit_published = -1
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiters: dict[int, _Waiter] = {}
+        self._drained: list[Proposal] = []
+        self._reads: dict[str, _ReadWaiter] = {}
+        self._read_ids = itertools.count()
+        self._tick_seconds = tick_seconds
+        self._tick_origin = time.monotonic()
+        self._ticks_done = 0
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"catga-raft-{node_id}", daemon=True)
+
+    # -- from other threads ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tick_origin = time.monotonic()
+        self._ticks_done = 0
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the loop to stop after the batch at hand; True once it has (the storage is
+        then free to close)."""
+        thread = self._thread
+        if not thread.is_alive():
+            return True
+        if thread is threading.current_thread():
+            return False
+        self._inbox.put(STOP)
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def put(self, event: object) -> None:
+        """Queue a peer message, a :class:`Call`, a :class:`Proposal`, a reply slot or TICK."""
+        self._inbox.put(event)
+
+    def wake(self) -> None:
+        self._inbox.put(TICK)
+
+    def ask_read_index(self, core: RaftCore, future: Future[int]) -> str:
+        """On the loop: ask the core for a read index; ``future`` gets it once this node has
+        applied up to it. Returns the request's context (forget it with :meth:`forget_read`)."""
+        context = f"{self.node_id}:{next(self._read_ids)}"
+        self._reads[context] = _ReadWaiter(future)
+        core.read_index(context)
+        return context
+
+    def forget_read(self, context: str) -> None:
+        self._reads.pop(context, None)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        core, inbox, tick = self.core, self._inbox, self._tick_seconds
+        try:
+            while True:
+                wake = self._tick_origin + (self._ticks_done + 1) * tick
+                parked = self.outbox.next_deadline()
+                if parked is not None:
+                    wake = min(wake, parked)
+                try:
+                    event = inbox.get(timeout=max(0.0, wake - time.monotonic()))
+                except queue.Empty:
+                    event = TICK
+                if event is STOP:
+                    return
+                self._handle(core, event)
+                # Drain what else arrived, so one Ready (one transaction) covers the batch.
+                for _ in range(4096):
+                    try:
+                        event = inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if event is STOP:
+                        self._append_proposals(core)
+                        self._process_ready(core)
+                        return
+                    self._handle(core, event)
+                self._append_proposals(core)
+                self._tick(core)
+                self._process_ready(core)
+                self.outbox.flush_due(time.monotonic())
+                if self.outbox.has_open_slots:
+                    self.outbox.close_slots()
+        except BaseException as exc:  # a storage failure or a bug: stop, loudly
+            self.failure = exc
+            log.critical(
+                "node %s: Raft loop failed, node stopped: %s",
+                self.node_id,
+                exc,
+                exc_info=not isinstance(exc, StorageError),
+            )
+            self.fail_waiters(CatgaError(f"node {self.node_id} failed: {exc}"))
+            self._published(None)
+
+    def _handle(self, core: RaftCore, event: object) -> None:
+        if event is TICK:
+            return
+        if isinstance(event, Proposal):
+            self._drained.append(event)
+            return
+        self._append_proposals(core)  # keep the order of proposals and other calls
+        if isinstance(event, Call):
+            try:
+                event.future.set_result(event.fn(core))
+            except BaseException as exc:
+                event.future.set_exception(exc)
+        elif isinstance(event, ReplySlot):
+            self.outbox.open_slot(event)
+            for message in event.messages:
+                self._step(core, message)
+        else:
+            self._step(core, event)  # type: ignore[arg-type]  # a peer message, by elimination
+
+    def _step(self, core: RaftCore, message: Message) -> None:
+        self._stats.messages_received += 1
+        try:
+            core.step(message)
+        except CatgaError as exc:
+            self._stats.invalid_messages += 1
+            log.debug("node %s dropped a message: %s", self.node_id, exc)
+
+    def _append_proposals(self, core: RaftCore) -> None:
+        """Append the proposals drained so far as one batch and answer each with its index."""
+        batch = self._drained
+        if not batch:
+            return
+        self._drained = []
+        try:
+            entries = core.propose_many([p.data for p in batch])
+        except BaseException as exc:  # not the leader (any more): every one of them fails
+            for proposal in batch:
+                proposal.future.set_exception(exc)
+            return
+        for proposal, entry in zip(batch, entries, strict=True):
+            waiter = _Waiter(entry.term, Future(), proposal.origin)
+            if proposal.origin is not None:
+                self.outbox.expect_commit(proposal.origin)
+            self._waiters[entry.index] = waiter
+            proposal.future.set_result((entry.index, waiter.future))
+
+    def _tick(self, core: RaftCore) -> None:
+        """Run the ticks that elapsed on the monotonic clock since the last ones."""
+        due = int((time.monotonic() - self._tick_origin) / self._tick_seconds) - self._ticks_done
+        if due <= 0:
+            return
+        if due > 1:
+            self._stats.late_ticks += due - 1
+        # After a long pause (SIGSTOP, a debugger) one election timeout's worth is enough.
+        for _ in range(min(due, core.config.election_ticks)):
+            core.tick()
+        self._ticks_done += due
+        self._stats.ticks += due
+
+    # -- one batch: persist, send, apply, advance -------------------------------------------------
+
+    def _process_ready(self, core: RaftCore) -> None:
+        stats, outbox = self._stats, self.outbox
+        changed = False
+        membership: Membership | None = None
+        while core.has_ready() or self._maybe_compact(core):
+            ready = core.ready()
+            stats.readies += 1
+            if ready.early_messages:
+                outbox.send(ready.early_messages)
+            self._persist(ready)  # 1. persist
+            stats.entries_persisted += len(ready.entries)
+            stats.bytes_persisted += sum(len(e.data) for e in ready.entries)
+            if ready.messages:  # 2. send
+                outbox.send(ready.messages)
+            stats.messages_sent += len(ready.messages) + len(ready.early_messages)
+            self._apply(ready)  # 3. apply
+            core.advance(ready)  # 4. advance
+            if ready.soft_state is not None or ready.committed_entries or ready.membership:
+                changed = True
+            if ready.membership is not None:
+                membership = ready.membership
+        if changed or membership is not None or core.commit_index != self._commit_published:
+            self._commit_published = core.commit_index
+            self._published(membership)
+
+    def _persist(self, ready: Ready) -> None:
+        """Persist ``ready``; a change of the commit index alone without an fsync.
+
+        Raft keeps the commit index volatile (a restarted node learns it again from the
+        leader), so a Ready whose only durable change is the commit index is written without
+        flushing it to disk (:meth:`Storage.persist` with ``sync=False``): that saves one fsync
+        per command on every node, and the commit index still survives a crash of the process
+        (``kill -9``), so a restarted node serves its local reads from the state it had.
+        A power loss may roll it back, which Raft allows.
+        """
+        hard = ready.hard_state
+        written = self._written_hard
+        changed = hard if hard is not None and hard != written else None
+        if not ready.entries and ready.snapshot is None:
+            if changed is None:
+                return
+            sync = (changed.term, changed.vote) != (written.term, written.vote)
+            if not sync:
+                self._stats.commit_only_writes_unsynced += 1
+        else:
+            sync = True
+        self._storage.persist(
+            hard_state=changed,
+            entries=ready.entries,
+            snapshot=ready.snapshot,
+            snapshot_replaces_log=ready.apply_snapshot,
+            sync=sync,
+        )
+        if changed is not None:
+            self._written_hard = changed
+
+    def _apply(self, ready: Ready) -> None:
+        if ready.apply_snapshot and ready.snapshot is not None:
+            self._restore(ready.snapshot.data)
+        for entry in ready.committed_entries:
+            result: Any = None
+            error: BaseException | None = None
+            if entry.type is EntryType.NORMAL and entry.data:
+                try:
+                    result = self._apply_entry(entry)
+                except Exception as exc:  # the caller gets it; the loop goes on
+                    error = exc
+            waiter = self._waiters.pop(entry.index, None)
+            if waiter is None:
+                continue
+            if waiter.origin is not None:
+                self.outbox.commit_seen(waiter.origin)
+            if waiter.term != entry.term:
+                waiter.future.set_exception(
+                    ProposalDroppedError(
+                        "the proposal was overwritten by a new leader before it committed; "
+                        "retry it (with the same request id)"
+                    )
+                )
+            elif error is not None:
+                waiter.future.set_exception(error)
+            else:
+                waiter.future.set_result(result)
+        for read in ready.read_states:
+            waiter_read = self._reads.get(read.context)
+            if waiter_read is not None:
+                waiter_read.index = read.index
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        if not self._reads:
+            return
+        applied = self.core.applied_index
+        for context, waiter in list(self._reads.items()):
+            if 0 <= waiter.index <= applied:
+                del self._reads[context]
+                if not waiter.future.done():  # a retried read shares its caller's future
+                    waiter.future.set_result(waiter.index)
+
+    def _maybe_compact(self, core: RaftCore) -> bool:
+        """Snapshot the replicated state and compact the log every ``snapshot_every`` entries."""
+        snapshot = self._snapshot
+        if snapshot is None or core.applied_index - core.log.offset < self._snapshot_every:
+            return False
+        core.compact(core.applied_index, snapshot())
+        self._stats.snapshots += 1
+        return True
+
+    def fail_waiters(self, error: BaseException) -> None:
+        """Fail every caller still waiting on the loop (it stopped or failed)."""
+        self.outbox.clear()
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        reads, self._reads = self._reads, {}
+        for read in reads.values():
+            if not read.future.done():
+                read.future.set_exception(error)
+        drained, self._drained = self._drained, []
+        for proposal in drained:
+            if not proposal.future.done():
+                proposal.future.set_exception(error)
+        while True:  # events queued after the loop's end would wait forever
+            try:
+                event = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            future = getattr(event, "future", None)
+            if isinstance(future, Future) and not future.done():
+                future.set_exception(error)
+            if isinstance(event, ReplySlot):
+                event.done.set()

@@ -1,0 +1,166 @@
+"""What a node tells the world: its status, a snapshot safe to read from any thread, and the
+counters of its Raft loop (each extension keeps counters of its own, the same way)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..raft import RaftCore, Role
+
+__all__ = ["NodeStats", "NodeStatus", "StatusBoard", "counter", "counters_of"]
+
+log = logging.getLogger("catga_sync.node")
+
+StatusListener = Callable[["NodeStatus", "NodeStatus"], None]
+"""``listener(old, new)``, called on the Raft loop after the status changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A consistent snapshot of what the node knows, safe to read from any thread."""
+
+    node_id: str
+    raft_id: str
+    role: Role
+    term: int
+    leader_raft_id: str | None
+    leader_id: str | None
+    commit_index: int
+    commit_term: int
+    """The term of the entry at the commit index: equal to ``term`` once a leader has
+    committed its own no-op (before that it cannot serve linearizable reads)."""
+    last_applied: int
+    members: tuple[str, ...]
+    running: bool
+
+    @property
+    def is_leader(self) -> bool:
+        return self.running and self.role is Role.LEADER
+
+    @property
+    def leading_term(self) -> int | None:
+        """The term this node leads in, or None when it does not lead (the fencing token of
+        leader-only work)."""
+        return self.term if self.is_leader else None
+
+    @property
+    def leader_endpoint(self) -> str | None:
+        return self.leader_raft_id
+
+
+def counter(help_text: str) -> Any:
+    """A counter field of a stats dataclass: it starts at 0, and ``help_text`` is the help of
+    its metric (``catga_<field name>_total``). One table, so a counter cannot be counted and
+    never exported."""
+    return field(default=0, metadata={"help": help_text})
+
+
+def counters_of(stats: object) -> list[tuple[str, str, int]]:
+    """``(name, help, value)`` of every :func:`counter` field of the dataclass ``stats``."""
+    return [
+        (f.name, f.metadata["help"], getattr(stats, f.name))
+        for f in dataclasses.fields(stats)  # type: ignore[arg-type]
+        if "help" in f.metadata
+    ]
+
+
+@dataclass
+class NodeStats:
+    """Counters of the Raft loop (exported as metrics)."""
+
+    ticks: int = counter("Raft ticks run")
+    late_ticks: int = counter("Ticks that ran late because the tick job or the loop was delayed")
+    skipped_jobs: int = counter("Tick jobs APScheduler skipped or missed")
+    elections: int = counter("Elections this node started as a candidate")
+    leader_changes: int = counter("Times this node saw a new leader")
+    readies: int = counter("Batches of Raft work handled (one storage transaction each)")
+    snapshots: int = counter("Snapshots of the replicated state taken to compact the log")
+    entries_persisted: int = counter("Log entries written to storage")
+    bytes_persisted: int = counter("Bytes of log entry data written to storage")
+    commit_only_writes_unsynced: int = counter(
+        "Readies whose only durable change, the commit index, was written without an fsync"
+    )
+    inline_replies: int = counter("Messages answered in the response to a peer's request")
+    commit_notices_parked: int = counter("Commit notices held back for an AppendEntries to carry")
+    commit_notices_saved: int = counter(
+        "Held-back commit notices made redundant by an AppendEntries"
+    )
+    messages_sent: int = counter("Raft messages handed to the transport")
+    messages_received: int = counter("Raft messages received from peers")
+    invalid_messages: int = counter("Peer messages the core refused")
+
+
+class StatusBoard:
+    """The node's latest :class:`NodeStatus`, the threads waiting on it, and its listeners.
+
+    Only the Raft loop (and the node's own start and stop) publishes; anyone may read or wait.
+    """
+
+    def __init__(self, initial: NodeStatus, stats: NodeStats) -> None:
+        self.status = initial
+        self._stats = stats
+        self._changed = threading.Condition()
+        self._listeners: list[StatusListener] = []
+
+    def add_listener(self, listener: StatusListener) -> None:
+        self._listeners.append(listener)
+
+    def publish_core(
+        self, core: RaftCore, name_of: Callable[[str | None], str | None], running: bool
+    ) -> None:
+        """Publish what ``core`` knows now."""
+        soft = core.soft_state
+        self.publish(
+            NodeStatus(
+                node_id=self.status.node_id,
+                raft_id=self.status.raft_id,
+                role=soft.role,
+                term=soft.term,
+                leader_raft_id=soft.leader_id,
+                leader_id=name_of(soft.leader_id),
+                commit_index=core.commit_index,
+                commit_term=core.log.term(core.commit_index) or 0,
+                last_applied=core.applied_index,
+                members=tuple(sorted(core.membership.voters)),
+                running=running,
+            )
+        )
+
+    def publish_running(self, running: bool) -> None:
+        self.publish(dataclasses.replace(self.status, running=running))
+
+    def publish(self, new: NodeStatus) -> None:
+        old = self.status
+        if new == old:
+            return
+        if new.leader_raft_id != old.leader_raft_id and new.leader_raft_id is not None:
+            self._stats.leader_changes += 1
+        if new.role is Role.CANDIDATE and old.role is not Role.CANDIDATE:
+            self._stats.elections += 1
+        with self._changed:
+            self.status = new
+            self._changed.notify_all()
+        for listener in list(self._listeners):
+            try:
+                listener(old, new)
+            except Exception:
+                log.exception("status listener %r failed", listener)
+
+    def wait_for(
+        self, predicate: Callable[[NodeStatus], bool], timeout: float, node_id: str
+    ) -> NodeStatus:
+        """Block until ``predicate(status)`` holds; raises TimeoutError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self.status):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"node {node_id}: condition not met in {timeout}s")
+                self._changed.wait(remaining)
+            return self.status
