@@ -15,21 +15,28 @@ A node's Raft identity is its normalized local endpoint (:func:`normalize_endpoi
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
+from .config_values import (
+    NODE_ID_RE,
+    derive_node_id,
+    normalize_endpoint,
+    normalize_or_reason,
+    parse_duration,
+)
+from .config_values import (
+    format_duration as _fmt,
+)
 from .errors import ConfigError
 from .raft import Membership, RaftConfig
+from .timeouts import Timeouts
 
 __all__ = [
     "ELECTION_TIMEOUT_FLOOR",
@@ -59,10 +66,8 @@ MIN_MESSAGE_BYTES = 64 << 10
 SHORT_SECRET = 16
 """Secrets shorter than this draw a warning: HMAC is only as strong as its key."""
 
-_NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _TABLE_PREFIX_RE = re.compile(r"[a-z_][a-z0-9_]{0,31}")
 _URL_PREFIX_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
-_HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
 _PASSWORD_RE = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
 
@@ -142,216 +147,6 @@ def _label(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Endpoints, node ids, durations
-# --------------------------------------------------------------------------------------------
-
-
-def _normalize(url: object) -> str:
-    """Normalize an endpoint or raise a plain ValueError whose text is the reason."""
-    if not isinstance(url, str):
-        raise ValueError(f"expected a URL string, got {type(url).__name__}")
-    text = url.strip()
-    if not text:
-        raise ValueError("it is empty")
-    if "://" not in text:
-        raise ValueError("it has no scheme")
-    try:
-        parts = urlsplit(text)
-    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise ValueError(f"it cannot be parsed ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"the scheme {parts.scheme!r} is not http or https")
-    if "@" in parts.netloc:
-        raise ValueError("it contains credentials (user@host); peers authenticate with the secret")
-    host = parts.hostname
-    if not host:
-        raise ValueError("it has no host")
-    if parts.path not in ("", "/"):
-        raise ValueError(f"it has a path ({parts.path!r}); the RPC path comes from url_prefix")
-    if parts.query or parts.fragment:
-        raise ValueError("it has a query or fragment")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("its port is not a number from 1 to 65535") from None
-    if port is None:
-        port = 443 if scheme == "https" else 80
-    if port == 0:
-        raise ValueError("its port is not a number from 1 to 65535")
-    if ":" in host:
-        try:
-            host = f"[{ipaddress.IPv6Address(host).compressed}]"
-        except ValueError:
-            raise ValueError(f"{host!r} is not a valid IPv6 address") from None
-    elif not _HOST_RE.fullmatch(host):
-        raise ValueError(f"{host!r} is not a valid host name (use the ASCII form)")
-    return f"{scheme}://{host}:{port}"
-
-
-def normalize_endpoint(url: str) -> str:
-    """Return ``url`` as ``scheme://host:port``: lowercase scheme and host, explicit port
-    (80/443 when omitted), no path or trailing slash. Peers compare endpoints in this form.
-
-    Raises :class:`~catga_sync.errors.ConfigError` for anything that is not a plain
-    http(s) base URL.
-    """
-    try:
-        return _normalize(url)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{url!r} is not a valid endpoint: {exc}. "
-            "Write it as http://host:port, e.g. http://localhost:5000."
-        ) from None
-
-
-def derive_node_id(endpoint: str) -> str:
-    """The node id implied by an endpoint: ``host-port`` (``http://localhost:5000`` gives
-    ``localhost-5000``). Stable across restarts, unlike a random id."""
-    parts = urlsplit(normalize_endpoint(endpoint))
-    host = re.sub(r"[^A-Za-z0-9._-]", "-", parts.hostname or "")
-    return f"{host}-{parts.port}"
-
-
-_TIMESPAN_RE = re.compile(
-    r"(?P<sign>-)?(?:(?P<days>\d+)\.)?(?P<hours>\d{1,2}):(?P<minutes>\d{1,2})"
-    r"(?::(?P<seconds>\d{1,2})(?:\.(?P<fraction>\d{1,7}))?)?"
-)
-_UNIT_RE = re.compile(
-    r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>ms|us|µs|s|sec|m|min|h)?",
-    re.IGNORECASE,
-)
-_MICROSECONDS_PER_UNIT = {
-    None: 1_000_000,
-    "s": 1_000_000,
-    "sec": 1_000_000,
-    "ms": 1_000,
-    "us": 1,
-    "µs": 1,
-    "m": 60_000_000,
-    "min": 60_000_000,
-    "h": 3_600_000_000,
-}
-_DURATION_FORMS = "a TimeSpan like 00:00:00.150, a number of seconds like 0.15, or 150ms"
-
-
-def parse_duration(value: object, *, key: str = "duration") -> timedelta:
-    """Read a duration in any of the accepted forms.
-
-    ``timedelta``; a number of seconds (``0.15``); a .NET TimeSpan string
-    (``"00:00:00.150"``, ``"00:01:30"``, ``"1.00:00:00"``); or a number with a unit
-    (``"150ms"``, ``"0.15s"``, ``"2m"``, ``"1h"``; no unit means seconds). Note that a bare
-    number means seconds here, where .NET would read ``"1"`` as one day. ``key`` names the
-    setting in the error.
-    """
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration, got {value!r}; write {_DURATION_FORMS}")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: {value!r} is not a finite number of seconds")
-        try:
-            return timedelta(seconds=value)
-        except OverflowError:
-            raise ConfigError(f"{key}: {value!r} seconds is too long") from None
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"{key}: expected a duration, got {type(value).__name__}; write {_DURATION_FORMS}"
-        )
-    text = value.strip()
-    try:
-        span = _TIMESPAN_RE.fullmatch(text)
-        if span is not None:
-            return _timespan(span, value, key)
-        number = _UNIT_RE.fullmatch(text)
-        if number is not None:
-            unit = number["unit"].lower() if number["unit"] else None
-            micros = Decimal(number["number"]) * _MICROSECONDS_PER_UNIT[unit]
-            return timedelta(microseconds=int(micros.to_integral_value(ROUND_HALF_EVEN)))
-    except (OverflowError, InvalidOperation):
-        raise ConfigError(f"{key}: {value!r} is too long a duration") from None
-    raise ConfigError(f"{key}: cannot read {value!r} as a duration; write {_DURATION_FORMS}")
-
-
-def _timespan(match: re.Match[str], value: str, key: str) -> timedelta:
-    hours, minutes = int(match["hours"]), int(match["minutes"])
-    seconds = int(match["seconds"] or 0)
-    if hours > 23 or minutes > 59 or seconds > 59:
-        # .NET refuses these too; "25:00:00" is more likely a typo than a day and an hour.
-        raise ConfigError(
-            f"{key}: {value!r} is not a valid TimeSpan: hours run to 23, minutes and seconds to "
-            "59 (days go before a dot, as in 1.00:00:00)"
-        )
-    # Up to 7 fraction digits (.NET ticks of 100 ns); timedelta keeps microseconds.
-    fraction = Decimal(f"0.{match['fraction'] or 0}") * 1_000_000
-    span = timedelta(
-        days=int(match["days"] or 0),
-        hours=hours,
-        minutes=minutes,
-        seconds=seconds,
-        microseconds=int(fraction.to_integral_value(ROUND_HALF_EVEN)),
-    )
-    return -span if match["sign"] else span
-
-
-def _fmt(duration: timedelta) -> str:
-    millis = duration / timedelta(milliseconds=1)
-    if abs(millis) < 1000:
-        return f"{millis:g} ms"
-    return f"{duration.total_seconds():g} s"
-
-
-# --------------------------------------------------------------------------------------------
-# The waits derived from the election timeout
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Every wait a node derives from its configuration, in seconds, computed in one place
-    (:attr:`ClusterConfig.timeouts`) so that no module re-derives them with its own constant.
-    ``T`` below is the election timeout."""
-
-    tick: float
-    """The core's unit of time (:attr:`ClusterConfig.tick`)."""
-    election: float
-    """T."""
-    heartbeat: float
-    """The leader's heartbeat interval; also the period of the scheduler's pacemaker job."""
-    peer_request: float
-    """A peer request (Raft RPC, a forwarded proposal, a relayed view): T, at least 0.1 s."""
-    call: float
-    """Default wait of a command, a read barrier or a call on the Raft loop: 20 T, at least
-    5 s (an election or two, and a slow disk)."""
-    read_index_retry: float
-    """A read-index request unanswered this long is asked again: 2 T, at least 0.2 s."""
-    hand_off: float
-    """How long a stopping leader waits for its successor: 2 T + 0.5 s."""
-    confirm_leadership: float
-    """Default wait of ``TaskContext.confirm_leadership``: 4 T, at least 0.5 s."""
-    job_barrier: float
-    """Default wait of a gated job's read barrier and of its record: 20 T, at least 2 s."""
-    commit_notice_delay: float = 0.002
-    """How long a leader holds a commit notice back for an AppendEntries to carry it."""
-
-    @classmethod
-    def of(cls, election: timedelta, heartbeat: timedelta, tick: timedelta) -> Timeouts:
-        t = election.total_seconds()
-        return cls(
-            tick=tick.total_seconds(),
-            election=t,
-            heartbeat=heartbeat.total_seconds(),
-            peer_request=max(t, 0.1),
-            call=max(5.0, 20 * t),
-            read_index_retry=max(2 * t, 0.2),
-            hand_off=2 * t + 0.5,
-            confirm_leadership=max(0.5, 4 * t),
-            job_barrier=max(2.0, 20 * t),
-        )
-
-
-# --------------------------------------------------------------------------------------------
 # The configuration
 # --------------------------------------------------------------------------------------------
 
@@ -427,7 +222,7 @@ class ClusterConfig:
                 f"{label} is required: set it to this node's URL, e.g. http://localhost:5000"
             )
         try:
-            return _normalize(value)
+            return normalize_or_reason(value)
         except ValueError as exc:
             raise ConfigError(
                 f"{label} {value!r} is not a valid endpoint: {exc}. "
@@ -447,7 +242,7 @@ class ClusterConfig:
         seen: dict[str, object] = {}
         for i, member in enumerate(given):
             try:
-                endpoint = _normalize(member)
+                endpoint = normalize_or_reason(member)
             except ValueError as exc:
                 raise ConfigError(
                     f"Cluster:Members:{i} (members[{i}]) {member!r} is not a valid endpoint: "
@@ -467,7 +262,7 @@ class ClusterConfig:
         value = self.node_id
         if value is None or value == "":
             value = derive_node_id(local)
-            if not _NODE_ID_RE.fullmatch(value):
+            if not NODE_ID_RE.fullmatch(value):
                 raise ConfigError(
                     f"{label} cannot be derived from {local} (it gives {value!r}, which is too "
                     "long): set it explicitly, e.g. node0"
@@ -475,7 +270,7 @@ class ClusterConfig:
             return value
         if not isinstance(value, str):
             raise ConfigError(f"{label} must be a string, got {type(value).__name__}")
-        if not _NODE_ID_RE.fullmatch(value) or value in (".", ".."):
+        if not NODE_ID_RE.fullmatch(value) or value in (".", ".."):
             raise ConfigError(
                 f"{label} {value!r} is invalid: use 1 to 255 letters, digits, '.', '_' or '-' "
                 "(it names storage rows and files), e.g. node0"

@@ -6,7 +6,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .node import NodeStatus
+    from .runtime.status import NodeStatus
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"

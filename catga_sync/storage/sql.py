@@ -48,7 +48,6 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     delete,
-    event,
     insert,
     inspect,
     select,
@@ -70,6 +69,12 @@ from .ownership import (
     describe_holder,
     holder_record,
 )
+from .sqlite import (
+    SqliteStatements,
+    begun,
+    configure_sqlite,
+    driver_connection,
+)
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
@@ -85,8 +90,6 @@ log = logging.getLogger("catga_sync.storage")
 SCHEMA_VERSION = 1
 """The layout of the tables this code writes. Bump it with every change to the tables."""
 DEFAULT_TABLE_PREFIX = "catga_"
-SQLITE_BUSY_TIMEOUT_MS = 5000
-"""How long a SQLite statement waits for another connection's write lock before failing."""
 
 _SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb")
 _PREFIX_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
@@ -260,7 +263,7 @@ class SqlStorage:
         self._owner_value = ""
         self._bounds = LogBounds()
         self._mutex = threading.Lock()
-        self._sqlite_statements: _SqliteStatements | None = None
+        self._sqlite_statements: SqliteStatements | None = None
         self._sqlite_connection: Connection | None = None
         """SQLite: the hot statements, compiled once and run on the driver's connection."""
         self._owner_seen: tuple[Any, int] | None = None
@@ -331,7 +334,9 @@ class SqlStorage:
             self._engine, self._ownership, self._owner_value = engine, ownership, owner_value
             self._bounds = LogBounds.of(state)
             if connection is not None:
-                self._sqlite_statements = _SqliteStatements.compile(self, engine)
+                self._sqlite_statements = SqliteStatements.compile(
+                    self.tables.log, self._update_hard_state, engine
+                )
                 self._sqlite_connection = connection
             return state
 
@@ -406,7 +411,7 @@ class SqlStorage:
         if not unsynced or connection is None or self.sqlite_synchronous != "FULL":
             yield
             return
-        driver = _driver(connection)
+        driver = driver_connection(connection)
         driver.execute("PRAGMA synchronous=NORMAL")
         try:
             yield
@@ -420,7 +425,7 @@ class SqlStorage:
         connection = self._sqlite_connection
         if connection is None:
             return engine.begin()
-        return _begun(connection)
+        return begun(connection)
 
     def close(self) -> None:
         with self._mutex:
@@ -455,7 +460,7 @@ class SqlStorage:
                 f"install it with: pip install 'catga-sync[{extra}]'"
             ) from exc
         if self.is_sqlite:
-            _configure_sqlite(engine, self.sqlite_synchronous)
+            configure_sqlite(engine, self.sqlite_synchronous)
         return engine
 
     def _acquire_ownership(self, engine: Engine) -> Ownership:
@@ -699,56 +704,6 @@ def _is_damage(exc: BaseException) -> bool:
     return "not a database" in text or "malformed" in text or "corrupt" in text
 
 
-@dataclass(frozen=True)
-class _SqliteStatements:
-    """The two statements of every persist (append entries, update the hard state), compiled
-    by SQLAlchemy for SQLite once, and run on the transaction's driver connection: inside the
-    same ``engine.begin()`` transaction, minus SQLAlchemy's per-statement execution work,
-    which measured here was half the CPU of a persist."""
-
-    insert_sql: str
-    insert_keys: tuple[str, ...]
-    update_sql: str
-    update_keys: tuple[str, ...]
-
-    @classmethod
-    def compile(cls, storage: SqlStorage, engine: Engine) -> _SqliteStatements | None:
-        inserted = insert(storage.tables.log).compile(dialect=engine.dialect)
-        updated = storage._update_hard_state.compile(dialect=engine.dialect)
-        if inserted.positiontup is None or updated.positiontup is None:
-            return None  # a driver with named parameters: keep SQLAlchemy's path
-        return cls(
-            str(inserted), tuple(inserted.positiontup), str(updated), tuple(updated.positiontup)
-        )
-
-    def insert_entries(self, conn: Connection, rows: list[dict[str, object]]) -> None:
-        keys = self.insert_keys
-        _driver(conn).executemany(self.insert_sql, [tuple(row[k] for k in keys) for row in rows])
-
-    def update_hard_state(self, conn: Connection, node_id: str, hard_state: HardState) -> bool:
-        """True when the row was there and is updated (else the caller inserts it)."""
-        values = {
-            "b_node": node_id,
-            "b_term": hard_state.term,
-            "b_vote": hard_state.vote,
-            "b_commit": hard_state.commit,
-        }
-        cursor = _driver(conn).execute(self.update_sql, tuple(values[k] for k in self.update_keys))
-        return bool(cursor.rowcount == 1)
-
-
-@contextmanager
-def _begun(connection: Connection) -> Iterator[Connection]:
-    with connection.begin():
-        yield connection
-
-
-def _driver(conn: Connection) -> Any:
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    return dbapi
-
-
 def _batches(node_id: str, entries: Sequence[Entry]) -> Iterator[list[dict[str, object]]]:
     """Rows for executemany, in batches bounded by count and bytes."""
     batch: list[dict[str, object]] = []
@@ -769,33 +724,3 @@ def _batches(node_id: str, entries: Sequence[Entry]) -> Iterator[list[dict[str, 
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def _configure_sqlite(engine: Engine, synchronous: str) -> None:
-    """WAL, the chosen ``synchronous`` level and a busy timeout on every connection, and real
-    transactions (SQLAlchemy's recipe for the sqlite3 driver's legacy transaction control)."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Stop the driver from issuing BEGIN itself (it skips it before some statements);
-        # _on_begin below emits our own.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                log.warning(
-                    "SQLite refused WAL mode (journal_mode=%s); the file system may not "
-                    "support it. State stays durable, but writes are slower",
-                    mode[0] if mode else None,
-                )
-            cursor.execute(f"PRAGMA synchronous={synchronous}")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front, so a transaction never fails half-way
-        # when another connection to the same file writes.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
