@@ -10,11 +10,13 @@ from __future__ import annotations
 __all__ = [
     "AlreadyRegisteredError",
     "CatgaError",
+    "CommandError",
     "CommitTimeoutError",
     "ConfigError",
     "ForkedProcessError",
     "ForwardingError",
     "IdempotencyKeyReusedError",
+    "InvalidCommandError",
     "InvalidLockRequestError",
     "InvalidMessageError",
     "InvalidRequestIdError",
@@ -29,8 +31,12 @@ __all__ = [
     "NotRegisteredError",
     "PeerAuthError",
     "ProposalDroppedError",
+    "RegistrationError",
+    "RequestExpiredError",
     "StaleTokenError",
     "StorageError",
+    "UnknownCommandError",
+    "UnknownCommandTypeError",
     "UsageError",
 ]
 
@@ -181,3 +187,36 @@ class UsageError(CatgaError, RuntimeError):
 
 class InvalidRequestIdError(CatgaError, ValueError):
     """A request id (an idempotency key) is not a non-empty string of at most 200 characters."""
+
+
+# -- commands and the mediator --------------------------------------------------------------
+
+
+class CommandError(CatgaError):
+    """A command failed on the leader with an error type this process cannot rebuild."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        super().__init__(f"{type_name}: {message}")
+
+
+class UnknownCommandError(CatgaError, LookupError):
+    """The command names a state machine or method that is not registered (or not a command)."""
+
+
+class RequestExpiredError(CatgaError):
+    """A retried request id whose outcome the cluster no longer remembers: its client had
+    acknowledged it, or its session expired. Whether it ran is unknown; do not retry it."""
+
+
+class UnknownCommandTypeError(CatgaError, LookupError):
+    """A command type or name that is not registered with this mediator, or has no handler."""
+
+
+class InvalidCommandError(CatgaError, ValueError):
+    """A payload that does not make a valid command (missing, unknown or mistyped fields), or a
+    command or result that cannot travel as JSON."""
+
+
+class RegistrationError(CatgaError, TypeError):
+    """A command or handler registration that cannot work (not a dataclass, a name taken...)."""

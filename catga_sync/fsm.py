@@ -22,28 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from .errors import CatgaError
+from .errors import CatgaError, CommandError, RequestExpiredError, UnknownCommandError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 SNAPSHOT_FORMAT = 1
-
-
-class CommandError(CatgaError):
-    """A command failed on the leader with an error type this process cannot rebuild."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        self.type_name = type_name
-        super().__init__(f"{type_name}: {message}")
-
-
-class UnknownCommandError(CatgaError, LookupError):
-    """The command names a state machine or method that is not registered (or not a command)."""
-
-
-class RequestExpiredError(CatgaError):
-    """A retried request id whose outcome the cluster no longer remembers: its client had
-    acknowledged it, or its session expired. Whether it ran is unknown; do not retry it."""
 
 
 def command(method: F) -> F:

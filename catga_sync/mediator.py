@@ -43,7 +43,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, overload
 
-from .errors import CatgaError
+from .errors import (
+    InvalidCommandError,
+    RegistrationError,
+    UnknownCommandTypeError,
+)
 
 __all__ = [
     "Behavior",
@@ -70,19 +74,6 @@ class Behavior(Protocol):
     """A pipeline step: ``behavior(command, next_) -> result``."""
 
     def __call__(self, command: Any, next_: Next, /) -> Any: ...
-
-
-class UnknownCommandTypeError(CatgaError, LookupError):
-    """A command type or name that is not registered with this mediator, or has no handler."""
-
-
-class InvalidCommandError(CatgaError, ValueError):
-    """A payload that does not make a valid command (missing, unknown or mistyped fields), or a
-    command or result that cannot travel as JSON."""
-
-
-class RegistrationError(CatgaError, TypeError):
-    """A command or handler registration that cannot work (not a dataclass, a name taken...)."""
 
 
 @dataclass(frozen=True, slots=True)
