@@ -145,12 +145,13 @@ class StatusBoard:
             self._stats.elections += 1
         with self._changed:
             self.status = new
-            self._changed.notify_all()
         for listener in list(self._listeners):
             try:
                 listener(old, new)
             except Exception:
                 log.exception("status listener %r failed", listener)
+        with self._changed:  # after the listeners: a waiter woken by this change sees their work
+            self._changed.notify_all()
 
     def wait_for(
         self, predicate: Callable[[NodeStatus], bool], timeout: float, node_id: str
