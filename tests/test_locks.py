@@ -187,7 +187,7 @@ def test_cancel_withdraws_a_waiter_or_gives_back_a_late_grant() -> None:
 
 
 def test_a_full_queue_is_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(locks, "MAX_WAITERS", 2)
+    monkeypatch.setattr(locks.table, "MAX_WAITERS", 2)  # read where LockTable lives
     t = Replica()
     t.acquire("x", "h1", "a", 10)
     t.acquire("x", "h2", "b", 10, 5)

@@ -184,8 +184,8 @@ class CatgaCluster:
         any node (waiting up to ``timeout`` seconds; None: as long as it takes; 0: not at all)
         and released when the block ends; raises
         :class:`~catga_sync.errors.LockNotAcquiredError`. ``lease.token`` is its fencing
-        token (:func:`catga_sync.locks.lock`, a context manager of
-        :class:`~catga_sync.locks.Lease`)."""
+        token (:func:`catga_sync.locks.lock <catga_sync.locks.lease.lock>`, a context manager of
+        :class:`~catga_sync.locks.lease.Lease`)."""
         from ..locks import lock
 
         node = self.state_of(app).node
