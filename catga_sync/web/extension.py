@@ -13,9 +13,9 @@ from flask import Flask, current_app, has_app_context
 
 from ..config import ClusterConfig
 from ..errors import CatgaError
-from ..forwarding import DEFAULT_FORWARD_TIMEOUT
 from ..fsm import StateMachine
 from ..node import ClusterNode
+from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT
 from .decorators import forward_to_leader, leader_only
 from .worker_app import register_node_routes
 
