@@ -40,6 +40,8 @@ from .errors import (
     LeaderUnreachableError,
     NoLeaderError,
     NotLeaderError,
+    NotRegisteredError,
+    UsageError,
 )
 from .fsm import error_type_name, rebuild_error
 from .idempotency import IdempotencyTable
@@ -195,7 +197,7 @@ class ForwardToLeaderBehavior:
     def __call__(self, command: Any, next_: Next) -> Any:
         dispatch = current_dispatch()
         if dispatch is None:
-            raise CatgaError("ForwardToLeaderBehavior runs inside Mediator.send; add it there")
+            raise UsageError("ForwardToLeaderBehavior runs inside Mediator.send; add it there")
         coordinator = self._coordinator
         if dispatch.forwarded:
             # One hop only: a forwarded command runs here or is refused, never sent on.
@@ -369,7 +371,7 @@ class ForwardingGuard:
             timeout = max(deadline - time.monotonic(), 0.05)
             handle = self._node.state(IdempotencyTable, timeout=timeout)
         except CatgaError:
-            raise CatgaError(
+            raise NotRegisteredError(
                 f"node {self._node.node_id} has no {IdempotencyTable.name} table: give it the "
                 "mediator (ClusterNode(config, mediator=...), CatgaCluster(app, mediator=...)) "
                 "or register IdempotencyTable() on every node before start"

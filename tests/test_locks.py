@@ -16,6 +16,7 @@ from catga_sync.errors import (
     InvalidLockRequestError,
     LockNotAcquiredError,
     LockNotHeldError,
+    NotRegisteredError,
     StaleTokenError,
 )
 from catga_sync.fencing import FencedResource
@@ -315,6 +316,22 @@ def test_the_client_refuses_bad_requests_before_touching_the_node(
         locks.acquire(Untouchable(), name, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidLockRequestError):
         locks.try_acquire(Untouchable(), name, **kwargs)  # type: ignore[arg-type]
+
+
+class WithoutLockTable:
+    """A node whose replicated state has no lock table (not a ClusterNode)."""
+
+    node_id = "bare"
+
+    def __init__(self) -> None:
+        self.state_machines = ReplicatedState()
+
+
+def test_acquiring_on_a_node_without_a_lock_table_is_a_not_registered_error() -> None:
+    with pytest.raises(NotRegisteredError, match="node bare has no lock table") as caught:
+        locks.acquire(WithoutLockTable(), "x")  # type: ignore[arg-type]
+    assert isinstance(caught.value, CatgaError)
+    assert isinstance(caught.value, LookupError)
 
 
 # -- determinism and snapshots ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CatgaError
+from ..errors import NotRegisteredError
 from .table import LockTable
 
 if TYPE_CHECKING:
@@ -308,5 +308,5 @@ def _monitor_of(node: ClusterNode) -> LeaseMonitor:
     table = node.state_machines.machines.get(LockTable.name)
     monitor = table.listener if isinstance(table, LockTable) else None
     if not isinstance(monitor, LeaseMonitor):
-        raise CatgaError(f"node {node.node_id} has no lock table (is it a ClusterNode?)")
+        raise NotRegisteredError(f"node {node.node_id} has no lock table (is it a ClusterNode?)")
     return monitor

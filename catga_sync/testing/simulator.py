@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from ..errors import CatgaError
+from ..errors import CatgaError, NoLeaderError
 from ..raft import (
     ConfigChange,
     ConfigChangeType,
@@ -288,7 +288,7 @@ class SimulatedCluster:
         """Propose on ``node_id`` (default: the leader); raises what the core raises."""
         target = node_id or self.leader()
         if target is None:
-            raise CatgaError(f"no leader to propose to at t={self.now}")
+            raise NoLeaderError(message=f"no leader to propose to at t={self.now}")
         entry = self.core(target).propose(data)
         self._note(target, f"propose {entry.index}/{entry.term} {data[:24]!r}")
         self._maybe_handle_ready(self.nodes[target])
@@ -351,7 +351,7 @@ class SimulatedCluster:
     def transfer_leadership(self, target: str, leader: str | None = None) -> None:
         source = leader or self.leader()
         if source is None:
-            raise CatgaError("no leader")
+            raise NoLeaderError(message="no leader")
         self.core(source).transfer_leadership(target)
         self._note(source, f"transfer leadership to {target}")
         self._maybe_handle_ready(self.nodes[source])
@@ -359,7 +359,7 @@ class SimulatedCluster:
     def change_membership(self, change_type: ConfigChangeType, node_id: str) -> Entry:
         leader = self.leader()
         if leader is None:
-            raise CatgaError("no leader")
+            raise NoLeaderError(message="no leader")
         entry = self.core(leader).propose_config_change(ConfigChange(change_type, node_id))
         self._note(leader, f"config {change_type.value} {node_id} at {entry.index}")
         self._maybe_handle_ready(self.nodes[leader])

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from ..errors import (
-    CatgaError,
     CommitTimeoutError,
     ForwardingError,
     LeaderUnreachableError,
     NoLeaderError,
     NotLeaderError,
+    UsageError,
 )
 from ..fsm import rebuild_error
 
@@ -89,7 +89,7 @@ class HttpClusterForwarder:
             return self.mediator
         dispatch = current_dispatch()
         if dispatch is None:
-            raise CatgaError(
+            raise UsageError(
                 "HttpClusterForwarder needs a mediator to name the command: give it one "
                 "(mediator=...) or call it from a Mediator.send"
             )

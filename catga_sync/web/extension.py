@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from flask import Flask, current_app, has_app_context
 
 from ..config import ClusterConfig
-from ..errors import CatgaError
+from ..errors import AlreadyRegisteredError, NotRegisteredError
 from ..fsm import StateMachine
 from ..node import ClusterNode
 from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT
@@ -77,7 +77,7 @@ class CatgaCluster:
 
     def init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
-            raise CatgaError(
+            raise AlreadyRegisteredError(
                 "CatgaCluster is already registered on this app: call init_app() once per app "
                 "(create one CatgaCluster at module level and call init_app in your factory)"
             )
@@ -112,7 +112,7 @@ class CatgaCluster:
         try:
             state: ClusterState = target.extensions[EXTENSION_KEY]
         except KeyError:
-            raise CatgaError(
+            raise NotRegisteredError(
                 "this app has no CatgaCluster: call CatgaCluster(app) or cluster.init_app(app)"
             ) from None
         return state
