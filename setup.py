@@ -1,4 +1,4 @@
-"""Packaging for catga_sync (setuptools; the version lives in catga_sync/__init__.py)."""
+"""Packaging for catga_sync (setuptools; the version lives in catga_sync/_version.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ HERE = Path(__file__).resolve().parent
 
 def read_version() -> str:
     """Read ``__version__`` from the package without importing it."""
-    text = (HERE / "catga_sync" / "__init__.py").read_text(encoding="utf-8")
+    text = (HERE / "catga_sync" / "_version.py").read_text(encoding="utf-8")
     match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
     if match is None:
-        raise RuntimeError("__version__ not found in catga_sync/__init__.py")
+        raise RuntimeError("__version__ not found in catga_sync/_version.py")
     return match.group(1)
 
 

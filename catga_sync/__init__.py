@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .testing import SimulatedCluster
     from .web.extension import CatgaCluster
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Libraries log; applications decide where it goes (a NullHandler, as the logging HOWTO asks).
 logging.getLogger("catga_sync").addHandler(logging.NullHandler())

@@ -7,8 +7,11 @@
   raises the handler's error (same type, same message). A leader change, a lost answer or a
   leader that just stepped down is retried with tenacity until one total deadline, against
   whoever leads by then, always with the same idempotency key.
-- :class:`ClusterForwarder` (``IClusterForwarder``) is the port; :class:`HttpClusterForwarder`
-  the default, speaking ``POST {url_prefix}/forward`` (wire format: ``docs/request-forwarding``).
+- :class:`ClusterForwarder` (``IClusterForwarder``) is the port;
+  :class:`~catga_sync.transport.forward_client.HttpClusterForwarder` the default, speaking
+  ``POST {url_prefix}/forward`` (wire format: :mod:`catga_sync.transport.forward_wire`,
+  ``docs/request-forwarding``). The client and the wire format live in ``transport/`` beside
+  the other peer requests; their names are importable from here too.
 
 On the leader, :class:`ForwardingGuard` runs a forwarded command at most once per idempotency
 key: it serializes duplicates of one key on a leader-local lock, answers a key it has seen from
@@ -18,50 +21,50 @@ new one there once the handler returned. A forwarded command is never forwarded 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import requests
 import tenacity
 
 from .coordinator import ClusterCoordinator
 from .errors import (
     CatgaError,
     CommitTimeoutError,
-    ForwardingError,
     IdempotencyKeyReusedError,
     LeaderUnreachableError,
     NoLeaderError,
     NotLeaderError,
     NotRegisteredError,
+    UsageError,
 )
 from .fsm import error_type_name, rebuild_error
 from .idempotency import IdempotencyTable
-from .mediator import (
-    InvalidCommandError,
-    Mediator,
-    Next,
-    UnknownCommandTypeError,
-    current_dispatch,
-)
+from .mediator import Next, current_dispatch
 from .runtime.extension import Extension
-from .transport.signing import peer_post_headers
-from .transport.wire import (
-    DEFAULT_URL_PREFIX,
-    WireFormatError,
-    normalize_url_prefix,
-    seconds_within,
-)
+
+# The wire format and the HTTP client moved beside the other peer requests in transport/;
+# ``name as name`` re-exports each name that was importable from here, so old imports work.
+from .transport.forward_client import HttpClusterForwarder as HttpClusterForwarder
+from .transport.forward_client import _maybe_delivered as _maybe_delivered
+from .transport.forward_wire import DEFAULT_FORWARD_TIMEOUT as DEFAULT_FORWARD_TIMEOUT
+from .transport.forward_wire import FORWARD_PATH as FORWARD_PATH
+from .transport.forward_wire import HEADER_HOP as HEADER_HOP
+from .transport.forward_wire import MAX_FORWARD_DEADLINE as MAX_FORWARD_DEADLINE
+from .transport.forward_wire import MAX_KEY_LENGTH as MAX_KEY_LENGTH
+from .transport.forward_wire import ForwardRequest as ForwardRequest
+from .transport.forward_wire import _same_numbers as _same_numbers
+from .transport.forward_wire import decode_forward_request as decode_forward_request
+from .transport.forward_wire import encode_forward_request as encode_forward_request
+from .transport.forward_wire import fingerprint as fingerprint
 
 if TYPE_CHECKING:
+    from .mediator import Mediator
     from .runtime.extension import NodeHandle
 
 __all__ = [
@@ -84,124 +87,13 @@ __all__ = [
 
 log = logging.getLogger("catga_sync.forwarding")
 
-FORWARD_PATH = "/forward"
-"""``POST {url_prefix}/forward`` runs a command on the leader."""
-HEADER_HOP = "X-Catga-Hop"
-"""Marks a request that was already forwarded once: it is served where it lands, or refused."""
-DEFAULT_FORWARD_TIMEOUT = 10.0
-"""Seconds a forward may take in all, retries included, unless told otherwise."""
-MAX_FORWARD_DEADLINE = 300.0
-MAX_KEY_LENGTH = 200
 RECORD_MIN_TIMEOUT = 2.0
 """Seconds the leader keeps trying to record an outcome even when the caller's deadline passed:
 the handler ran, so its key must be remembered for the retry that will follow."""
 
 
 # ================================================================================================
-# The wire format
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardRequest:
-    """A decoded ``POST {url_prefix}/forward`` body."""
-
-    name: str
-    command: Any
-    payload: dict[str, Any]
-    """The command re-encoded from the decoded dataclass (what the fingerprint covers)."""
-    idempotency_key: str | None
-    deadline: float
-    """Seconds the caller still waits."""
-
-
-def encode_forward_request(
-    name: str, payload: Mapping[str, Any], idempotency_key: str | None, deadline: float
-) -> bytes:
-    body = {
-        "command": name,
-        "payload": dict(payload),
-        "idempotency_key": idempotency_key,
-        "deadline": round(deadline, 6),
-    }
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-
-
-def decode_forward_request(body: bytes, mediator: Mediator) -> ForwardRequest:
-    """Parse and check a forward request; :class:`WireFormatError` (a 400 answer) at the first
-    problem, before anything runs."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise WireFormatError(
-            "malformed_json",
-            'The body is not JSON. Send {"command": "<name>", "payload": {...}, '
-            '"idempotency_key": "<key>", "deadline": <seconds>}.',
-        ) from None
-    allowed = {"command", "payload", "idempotency_key", "deadline"}
-    if not isinstance(obj, dict) or not {"command", "payload"} <= set(obj) <= allowed:
-        raise WireFormatError(
-            "invalid_forward",
-            'Expected a JSON object {"command": "<name>", "payload": {...}} with optional '
-            '"idempotency_key" (string) and "deadline" (seconds); nothing else.',
-        )
-    name, payload = obj["command"], obj["payload"]
-    if not isinstance(name, str) or not name:
-        raise WireFormatError("invalid_forward", "command must be a non-empty string")
-    key = obj.get("idempotency_key")
-    if key is not None and (
-        not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or not key.isprintable()
-    ):
-        raise WireFormatError(
-            "invalid_forward",
-            f"idempotency_key must be 1 to {MAX_KEY_LENGTH} printable characters, or null",
-        )
-    deadline = seconds_within(
-        obj.get("deadline", DEFAULT_FORWARD_TIMEOUT),
-        MAX_FORWARD_DEADLINE,
-        code="invalid_forward",
-        name="deadline",
-    )
-    try:
-        command_type = mediator.type_of(name)
-    except UnknownCommandTypeError as exc:
-        raise WireFormatError("unknown_command", str(exc)) from None
-    if not mediator.has_handler(command_type):
-        raise WireFormatError(
-            "unknown_command", f"command {name!r} has no handler on this node; nothing ran"
-        )
-    if not isinstance(payload, dict):
-        raise WireFormatError("invalid_payload", "payload must be a JSON object of the fields")
-    try:
-        command = mediator.decode(name, payload)
-        _name, canonical = mediator.encode(command)
-    except InvalidCommandError as exc:
-        raise WireFormatError("invalid_payload", str(exc)) from None
-    return ForwardRequest(name, command, canonical, key, float(deadline))
-
-
-def fingerprint(name: str, payload: Mapping[str, Any]) -> str:
-    """A digest of a command, so that a key reused for another command is noticed. ``2`` and
-    ``2.0`` are the same amount: the caller's dataclass may hold either."""
-    canonical = json.dumps(
-        {"command": name, "payload": _same_numbers(payload)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
-def _same_numbers(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _same_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_same_numbers(v) for v in value]
-    return value
-
-
-# ================================================================================================
-# Forwarders
+# The port: what carries a command to the leader (the HTTP one: transport/forward_client.py)
 
 
 class ClusterForwarder(Protocol):
@@ -217,135 +109,6 @@ class ClusterForwarder(Protocol):
     def forward(
         self, command: Any, leader_endpoint: str, *, timeout: float, idempotency_key: str
     ) -> Any: ...
-
-
-class HttpClusterForwarder:
-    """The default forwarder: ``POST {leader}{url_prefix}/forward``, signed like peer RPC when
-    a secret is set, with ``X-Catga-Hop: 1``. One pooled session per thread."""
-
-    def __init__(
-        self,
-        *,
-        sender_id: str,
-        sender_name: str | None = None,
-        secret: str | None = None,
-        url_prefix: str = DEFAULT_URL_PREFIX,
-        connect_timeout: float = 1.0,
-        mediator: Mediator | None = None,
-    ) -> None:
-        self.sender_id = sender_id
-        self.sender_name = sender_name or sender_id
-        self.secret = secret or None
-        self.url_prefix = normalize_url_prefix(url_prefix)
-        self.connect_timeout = connect_timeout
-        self.mediator = mediator
-        """Names and rebuilds commands; by default, the mediator running the current send."""
-        self._local = threading.local()
-
-    @classmethod
-    def for_node(cls, node: NodeHandle, mediator: Mediator | None = None) -> HttpClusterForwarder:
-        """A forwarder speaking for ``node``: its id, its secret, its URL prefix."""
-        config = node.config
-        return cls(
-            sender_id=node.raft_id,
-            sender_name=node.node_id,
-            secret=config.secret,
-            url_prefix=config.url_prefix,
-            connect_timeout=max(config.election_timeout.total_seconds(), 0.1),
-            mediator=mediator,
-        )
-
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            self._local.session = session
-        return session
-
-    def _mediator(self) -> Mediator:
-        if self.mediator is not None:
-            return self.mediator
-        dispatch = current_dispatch()
-        if dispatch is None:
-            raise CatgaError(
-                "HttpClusterForwarder needs a mediator to name the command: give it one "
-                "(mediator=...) or call it from a Mediator.send"
-            )
-        return dispatch.mediator
-
-    def forward(
-        self, command: Any, leader_endpoint: str, *, timeout: float, idempotency_key: str
-    ) -> Any:
-        mediator = self._mediator()
-        name, payload = mediator.encode(command)
-        path = f"{self.url_prefix}{FORWARD_PATH}"
-        body = encode_forward_request(name, payload, idempotency_key, max(timeout, 0.001))
-        headers = peer_post_headers(
-            self.secret, path, body, self.sender_id, self.sender_name, time.time()
-        )
-        headers[HEADER_HOP] = "1"
-        try:
-            response = self._session().post(
-                f"{leader_endpoint.rstrip('/')}{path}",
-                data=body,
-                headers=headers,
-                timeout=(self.connect_timeout, max(timeout, 0.001) + self.connect_timeout),
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise LeaderUnreachableError(
-                f"could not reach the leader {leader_endpoint}: {exc}",
-                maybe_delivered=_maybe_delivered(exc),
-            ) from exc
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        status = response.status_code
-        if status == 200 and isinstance(answer, dict):
-            error = answer.get("error")
-            if isinstance(error, dict):
-                raise rebuild_error(str(error.get("type")), str(error.get("message", "")))
-            return mediator.decode_result(name, answer.get("result"))
-        answer = answer if isinstance(answer, dict) else {}
-        message = str(answer.get("message") or response.text[:300])
-        if status == 409 and answer.get("error") == "not_leader":
-            known = answer.get("leader")
-            if known:
-                raise NotLeaderError(leader_id=known, leader_endpoint=known)
-            raise NoLeaderError()
-        if status == 503:
-            raise LeaderUnreachableError(
-                f"the leader {leader_endpoint} is not serving ({status}): {message}",
-                maybe_delivered=False,
-            )
-        if status == 504:
-            raise CommitTimeoutError(
-                f"the leader {leader_endpoint} did not finish in time: {message}. The outcome "
-                f"is unknown; retrying with the same idempotency key ({idempotency_key}) is safe.",
-                idempotency_key,
-            )
-        if status >= 500:
-            raise LeaderUnreachableError(
-                f"the leader {leader_endpoint} failed ({status}): {message}"
-            )
-        raise ForwardingError(
-            f"the leader {leader_endpoint} refused the forwarded command {name!r} ({status} "
-            f"{answer.get('error', '')}): {message}"
-        )
-
-
-def _maybe_delivered(exc: requests.RequestException) -> bool:
-    """False only when the connection itself could not be made (nothing was sent)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return False
-    if isinstance(exc, requests.ConnectionError):
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        from urllib3.exceptions import NewConnectionError
-
-        return not isinstance(reason, NewConnectionError)
-    return True
 
 
 # ================================================================================================
@@ -435,7 +198,7 @@ class ForwardToLeaderBehavior:
     def __call__(self, command: Any, next_: Next) -> Any:
         dispatch = current_dispatch()
         if dispatch is None:
-            raise CatgaError("ForwardToLeaderBehavior runs inside Mediator.send; add it there")
+            raise UsageError("ForwardToLeaderBehavior runs inside Mediator.send; add it there")
         coordinator = self._coordinator
         if dispatch.forwarded:
             # One hop only: a forwarded command runs here or is refused, never sent on.
@@ -622,7 +385,7 @@ class ForwardingGuard(Extension):
             timeout = max(deadline - time.monotonic(), 0.05)
             handle = self._node.state(IdempotencyTable, timeout=timeout)
         except CatgaError:
-            raise CatgaError(
+            raise NotRegisteredError(
                 f"node {self._node.node_id} has no {IdempotencyTable.name} table: give it the "
                 "mediator (ClusterNode(config, mediator=...), CatgaCluster(app, mediator=...)) "
                 "or register IdempotencyTable() on every node before start"

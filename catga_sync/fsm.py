@@ -22,7 +22,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from .errors import CatgaError, CommandError, RequestExpiredError, UnknownCommandError
+from .errors import (
+    AlreadyRegisteredError,
+    CommandError,
+    InvalidMessageError,
+    RequestExpiredError,
+    UnknownCommandError,
+    UsageError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -211,9 +218,9 @@ class ReplicatedState:
     def register(self, machine: StateMachine) -> StateMachine:
         name = machine.name or type(machine).__name__
         if not isinstance(name, str) or not name:
-            raise CatgaError(f"{type(machine).__name__} needs a non-empty `name`")
+            raise UsageError(f"{type(machine).__name__} needs a non-empty `name`")
         if name in self.machines:
-            raise CatgaError(
+            raise AlreadyRegisteredError(
                 f"a state machine named {name!r} is already registered "
                 f"({type(self.machines[name]).__name__}); give each a unique `name`"
             )
@@ -310,7 +317,7 @@ class ReplicatedState:
     def restore(self, data: bytes) -> None:
         body = json.loads(data)
         if body.get("format") != SNAPSHOT_FORMAT:
-            raise CatgaError(f"unknown snapshot format {body.get('format')!r}")
+            raise InvalidMessageError(f"unknown snapshot format {body.get('format')!r}")
         self.time = float(body["time"])
         self.applied = int(body["applied"])
         sessions = [

@@ -24,7 +24,7 @@ from .config import ClusterConfig
 from .coordinator import ClusterCoordinator
 from .forwarding import ForwardingGuard
 from .jobs import LeaderJobs
-from .locks import install_lock_table
+from .locks import LeaseMonitor
 from .raft import Entry
 from .runtime import NodeStats, NodeStatus, RaftNode
 from .singleton import SingletonTasks
@@ -71,7 +71,7 @@ class ClusterNode(RaftNode):
             rng=rng,
             session_ttl=session_ttl,
         )
-        install_lock_table(self)
+        self.add_extension(LeaseMonitor())
         self.add_extension(ClusterCoordinator())
         self.add_extension(SingletonTasks())
         self.add_extension(LeaderJobs())

@@ -12,10 +12,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def _read_version() -> str:
-    text = (ROOT / "catga_sync" / "__init__.py").read_text(encoding="utf-8")
+    text = (ROOT / "catga_sync" / "_version.py").read_text(encoding="utf-8")
     match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
     if match is None:
-        raise RuntimeError("__version__ not found in catga_sync/__init__.py")
+        raise RuntimeError("__version__ not found in catga_sync/_version.py")
     return match.group(1)
 
 

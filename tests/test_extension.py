@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from catga_sync.config import ClusterConfig
-from catga_sync.errors import CatgaError
+from catga_sync.errors import AlreadyRegisteredError, CatgaError, NotRegisteredError
 from catga_sync.web.extension import CatgaCluster
 from example_flask.__main__ import build_config, parse_args
 
@@ -61,6 +61,19 @@ def test_the_extension_keeps_its_state_in_app_extensions_not_on_itself(solo_app:
 def test_registering_twice_says_what_to_do(solo_app: Flask) -> None:
     with pytest.raises(CatgaError, match="already registered on this app"):
         CatgaCluster(solo_app)
+
+
+def test_registering_twice_is_an_already_registered_error(solo_app: Flask) -> None:
+    with pytest.raises(AlreadyRegisteredError, match="call init_app\\(\\) once") as caught:
+        CatgaCluster(solo_app)
+    assert isinstance(caught.value, CatgaError)
+
+
+def test_an_app_without_the_extension_is_a_not_registered_error() -> None:
+    with pytest.raises(NotRegisteredError, match="this app has no CatgaCluster") as caught:
+        CatgaCluster.state_of(Flask("bare"))
+    assert isinstance(caught.value, CatgaError)
+    assert isinstance(caught.value, LookupError)
 
 
 def test_using_the_extension_on_an_app_without_it_says_what_to_do() -> None:

@@ -22,7 +22,14 @@ from e2e.harness import free_ports
 from flask import Flask, Response, jsonify, request
 
 from catga_sync.config import ClusterConfig
-from catga_sync.errors import CommitTimeoutError, NoLeaderError, NotLeaderError
+from catga_sync.errors import (
+    CatgaError,
+    CommitTimeoutError,
+    NoLeaderError,
+    NotLeaderError,
+    NotRegisteredError,
+    UsageError,
+)
 from catga_sync.forwarding import (
     HEADER_HOP,
     ForwardToLeaderBehavior,
@@ -30,6 +37,7 @@ from catga_sync.forwarding import (
     IdempotencyKeyReusedError,
     LeaderOnlyBehavior,
     LeaderUnreachableError,
+    guard_for,
 )
 from catga_sync.idempotency import IdempotencyTable
 from catga_sync.mediator import Mediator
@@ -555,6 +563,43 @@ def test_without_a_leader_the_behavior_gives_up_at_its_deadline_saying_so() -> N
             mediator.send(CreateOrder(ref, "ned", 1))
         assert not isinstance(info.value, CommitTimeoutError)
         assert calls(ref) == []
+
+
+def unstarted_node(mediator: Mediator | None = None) -> ClusterNode:
+    endpoint = "http://127.0.0.1:1"
+    config = ClusterConfig(local_node_endpoint=endpoint, members=(endpoint,), node_id="idle")
+    return ClusterNode(config, storage=MemoryStorage("idle"), mediator=mediator)
+
+
+def test_the_behavior_called_outside_mediator_send_is_a_usage_error() -> None:
+    behavior = ForwardToLeaderBehavior(unstarted_node())
+    with pytest.raises(UsageError, match=r"runs inside Mediator\.send; add it there") as caught:
+        behavior(CreateOrder(new_ref(), "ned", 1), lambda: None)
+    assert isinstance(caught.value, CatgaError)
+
+
+def test_a_forwarder_without_a_mediator_outside_a_send_is_a_usage_error() -> None:
+    forwarder = HttpClusterForwarder(sender_id="http://127.0.0.1:1")
+    with pytest.raises(UsageError, match="needs a mediator to name the command") as caught:
+        forwarder.forward(
+            CreateOrder(new_ref(), "ned", 1), "http://127.0.0.1:2", timeout=1.0, idempotency_key="k"
+        )
+    assert isinstance(caught.value, CatgaError)
+
+
+def test_the_guard_on_a_node_without_the_idempotency_table_is_a_not_registered_error() -> None:
+    guard = guard_for(unstarted_node())  # no mediator: the node registers no idempotency table
+    with pytest.raises(NotRegisteredError, match=r"has no catga\.idempotency table") as caught:
+        guard.run_once(
+            "create-order",
+            "key-1",
+            "digest",
+            lambda: None,
+            deadline=time.monotonic() + 1,
+            encode=lambda result: result,
+        )
+    assert isinstance(caught.value, CatgaError)
+    assert isinstance(caught.value, LookupError)
 
 
 # ================================================================================================

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from catga_sync.errors import CatgaError
+from catga_sync.errors import (
+    AlreadyRegisteredError,
+    CatgaError,
+    InvalidMessageError,
+    UsageError,
+)
 from catga_sync.fsm import (
     CommandError,
     Outcome,
@@ -150,6 +155,29 @@ def test_duplicate_names_are_refused() -> None:
     s = state()
     with pytest.raises(CatgaError, match="already registered"):
         s.register(Counter())
+
+
+def test_a_duplicate_name_is_an_already_registered_error() -> None:
+    with pytest.raises(AlreadyRegisteredError, match="give each a unique `name`") as caught:
+        state().register(Counter())
+    assert isinstance(caught.value, CatgaError)
+    assert isinstance(caught.value, ValueError)
+
+
+class Numbered(Counter):
+    name = 7  # type: ignore[assignment]  # not a string: the mistake under test
+
+
+def test_a_state_machine_without_a_usable_name_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="Numbered needs a non-empty `name`") as caught:
+        ReplicatedState().register(Numbered())
+    assert isinstance(caught.value, CatgaError)
+
+
+def test_an_unknown_snapshot_format_is_an_invalid_message_error() -> None:
+    with pytest.raises(InvalidMessageError, match="unknown snapshot format 99") as caught:
+        state().restore(b'{"format": 99}')
+    assert isinstance(caught.value, CatgaError)
 
 
 def test_errors_are_rebuilt_only_from_known_exception_types() -> None:

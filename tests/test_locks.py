@@ -16,6 +16,7 @@ from catga_sync.errors import (
     InvalidLockRequestError,
     LockNotAcquiredError,
     LockNotHeldError,
+    NotRegisteredError,
     StaleTokenError,
 )
 from catga_sync.fencing import FencedResource
@@ -23,6 +24,7 @@ from catga_sync.fsm import ReplicatedState, encode_command
 from catga_sync.locks import Expiry, LeaseMonitor, LockTable
 from catga_sync.node import NodeStatus
 from catga_sync.raft import Role
+from catga_sync.runtime import LeadershipChange
 
 
 class Events:
@@ -187,7 +189,7 @@ def test_cancel_withdraws_a_waiter_or_gives_back_a_late_grant() -> None:
 
 
 def test_a_full_queue_is_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(locks, "MAX_WAITERS", 2)
+    monkeypatch.setattr(locks.table, "MAX_WAITERS", 2)  # read where LockTable lives
     t = Replica()
     t.acquire("x", "h1", "a", 10)
     t.acquire("x", "h2", "b", 10, 5)
@@ -317,6 +319,23 @@ def test_the_client_refuses_bad_requests_before_touching_the_node(
         locks.try_acquire(Untouchable(), name, **kwargs)  # type: ignore[arg-type]
 
 
+class WithoutLockTable:
+    """A node whose replicated state has no lock table (not a ClusterNode)."""
+
+    node_id = "bare"
+
+    def __init__(self) -> None:
+        self.state_machines = ReplicatedState()
+        self.extensions: dict[str, object] = {}
+
+
+def test_acquiring_on_a_node_without_a_lock_table_is_a_not_registered_error() -> None:
+    with pytest.raises(NotRegisteredError, match="node bare has no lock table") as caught:
+        locks.acquire(WithoutLockTable(), "x")  # type: ignore[arg-type]
+    assert isinstance(caught.value, CatgaError)
+    assert isinstance(caught.value, LookupError)
+
+
 # -- determinism and snapshots ---------------------------------------------------------------
 
 
@@ -379,13 +398,13 @@ def status(role: Role, running: bool = True) -> NodeStatus:
 
 
 FOLLOWER, LEADER = status(Role.FOLLOWER), status(Role.LEADER)
+ELECTED = LeadershipChange(previous=None, leading=1, stopped=False, status=LEADER)
 
 
 @pytest.fixture
 def monitored() -> tuple[Replica, LeaseMonitor, FakeClock]:
     clock = FakeClock()
-    monitor = LeaseMonitor(None, clock=clock, run_thread=False)  # type: ignore[arg-type]
-    monitor.on_status(status(Role.FOLLOWER, running=False), FOLLOWER)
+    monitor = LeaseMonitor(clock=clock, run_thread=False)
     return Replica(monitor), monitor, clock
 
 
@@ -411,7 +430,7 @@ def test_only_a_leader_expires_and_a_new_leader_restarts_every_clock_never_short
     t.acquire("long", "h2", "b", 30)  # deadline 1031
     clock.now = 1005.0
     assert monitor.due() == []  # a follower proposes nothing
-    monitor.on_status(FOLLOWER, LEADER)  # elected at 1005: every lease restarts at 1005
+    monitor.on_leadership(ELECTED)  # elected at 1005: every lease restarts at 1005
     assert monitor.deadline("short") == 1007.0  # was 1002: already passed, restarted
     assert monitor.deadline("long") == 1035.0  # was 1031: restarted, later
     clock.now = 1006.9
@@ -430,7 +449,7 @@ def test_a_renewal_applied_after_the_deadline_was_due_supersedes_it(
     monitored: tuple[Replica, LeaseMonitor, FakeClock],
 ) -> None:
     t, monitor, clock = monitored
-    monitor.on_status(FOLLOWER, LEADER)
+    monitor.on_leadership(ELECTED)
     t.acquire("x", "h1", "a", 5)
     clock.now = 1003.0
     t.renew("x", 1)
@@ -444,7 +463,7 @@ def test_a_waiter_whose_wait_passed_is_dropped_by_the_leader(
     monitored: tuple[Replica, LeaseMonitor, FakeClock],
 ) -> None:
     t, monitor, clock = monitored
-    monitor.on_status(FOLLOWER, LEADER)
+    monitor.on_leadership(ELECTED)
     t.acquire("x", "h1", "a", 100)
     t.acquire("x", "h2", "b", 100, 3)
     clock.now = 1003.0 + locks.WAIT_GRACE

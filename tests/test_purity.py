@@ -293,3 +293,177 @@ def test_checker_walks_subpackages_and_reports_relative_path(tmp_path: Path) -> 
         "catga_sync/raft/sub/x.py:2: from catga_sync import node (catga_sync.node): "
         "not stdlib, catga_sync.raft or catga_sync.errors",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# The layers: no import cycle in catga_sync, and the engine knows no feature
+#
+# Every import counts: at module level, inside functions and under ``if TYPE_CHECKING:`` (a
+# cycle through annotations is still a cycle a newcomer must untangle).
+
+PACKAGE_DIR = REPO_ROOT / "catga_sync"
+RUNTIME = "catga_sync.runtime"
+RUNTIME_MAY_IMPORT = (
+    "catga_sync.runtime",
+    "catga_sync.raft",
+    "catga_sync.fsm",
+    "catga_sync.config",
+    "catga_sync.errors",
+    "catga_sync.storage",
+    "catga_sync.transport",
+)
+"""What the engine may import of catga_sync (DESIGN: runtime/ imports no feature, no web/)."""
+MAX_LINES = 800
+"""No module outside raft/ over this many lines."""
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph(root: Path, package_dir: Path) -> dict[str, dict[str, int]]:
+    """Module -> {imported first-party module: line of the first such import}, for every module
+    under ``package_dir``; ``from pkg import name`` counts as importing ``pkg.name`` when that
+    is a module, else ``pkg``."""
+    modules = {_module_name(p, root): p for p in sorted(package_dir.rglob("*.py"))}
+    top = package_dir.name
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in modules.items():
+        package = _package_of(path, root)
+        edges: dict[str, int] = {}
+
+        def add(target: str, line: int, edges: dict[str, int] = edges, name: str = name) -> None:
+            if not target.startswith(top + ".") and target != top:
+                return
+            # Importing a.b.c runs the packages a.b on the way (not the root: it imports
+            # nothing but the errors at run time, and its lazy names are not edges).
+            parts = target.split(".")
+            for k in range(2, len(parts) + 1):
+                step = ".".join(parts[:k])
+                if step != name and step in modules and not name.startswith(step + "."):
+                    edges.setdefault(step, line)
+            if target == top and target != name:
+                edges.setdefault(target, line)
+
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    add(alias.name, node.lineno)
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(node.module, node.level, package)
+                for alias in node.names:
+                    candidate = f"{base}.{alias.name}"
+                    add(candidate if candidate in modules else base, node.lineno)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The import cycles of ``graph``: each strongly connected component of more than one
+    module (Tarjan's algorithm), as a sorted list of module names."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def runtime_violations(graph: dict[str, dict[str, int]]) -> list[str]:
+    """Imports of the engine (``catga_sync.runtime``) beyond what it may import."""
+    found = []
+    for module, edges in sorted(graph.items()):
+        if module != RUNTIME and not module.startswith(RUNTIME + "."):
+            continue
+        for target, line in sorted(edges.items()):
+            if not any(target == m or target.startswith(m + ".") for m in RUNTIME_MAY_IMPORT):
+                found.append(f"{module}:{line} imports {target}")
+    return found
+
+
+def _describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
+    members = set(cycle)
+    edges = [f"  {m}:{line} -> {t}" for m in cycle for t, line in graph[m].items() if t in members]
+    return "cycle among " + ", ".join(cycle) + ":\n" + "\n".join(edges)
+
+
+def test_catga_sync_has_no_import_cycle() -> None:
+    graph = import_graph(REPO_ROOT, PACKAGE_DIR)
+    assert len(graph) > 40  # the walk found the package
+    cycles = import_cycles(graph)
+    assert not cycles, "\n".join(_describe(c, graph) for c in cycles)
+
+
+def test_the_engine_imports_no_feature_and_nothing_of_web() -> None:
+    graph = import_graph(REPO_ROOT, PACKAGE_DIR)
+    assert {m for m in graph if m.startswith(RUNTIME + ".")} >= {
+        "catga_sync.runtime.node",
+        "catga_sync.runtime.loop",
+    }
+    problems = runtime_violations(graph)
+    assert not problems, "catga_sync/runtime must not import features:\n" + "\n".join(problems)
+
+
+def test_no_module_outside_the_core_is_over_800_lines() -> None:
+    long = [
+        f"{p.relative_to(REPO_ROOT)}: {n} lines"
+        for p in sorted(PACKAGE_DIR.rglob("*.py"))
+        if RAFT_DIR not in p.parents
+        and (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    ]
+    assert not long, "split these modules by job:\n" + "\n".join(long)
+
+
+def test_the_layer_checker_finds_a_cycle_through_type_checking_and_a_function(
+    tmp_path: Path,
+) -> None:
+    pkg = tmp_path / "catga_sync"
+    (pkg / "runtime").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "runtime" / "__init__.py").write_text("")
+    (pkg / "runtime" / "node.py").write_text("def f():\n    from ..jobs import x\n")
+    (pkg / "jobs.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .runtime import node\n"
+    )
+    (pkg / "errors.py").write_text("import json\n")
+    graph = import_graph(tmp_path, pkg)
+    assert graph["catga_sync.runtime.node"] == {"catga_sync.jobs": 2}
+    assert graph["catga_sync.jobs"] == {"catga_sync.runtime": 3, "catga_sync.runtime.node": 3}
+    assert import_cycles(graph) == [["catga_sync.jobs", "catga_sync.runtime.node"]]
+    assert runtime_violations(graph) == ["catga_sync.runtime.node:2 imports catga_sync.jobs"]
+    (pkg / "runtime" / "node.py").write_text("from ..errors import E\n")
+    graph = import_graph(tmp_path, pkg)
+    assert import_cycles(graph) == []
+    assert runtime_violations(graph) == []

@@ -14,10 +14,11 @@ import pytest
 from e2e.harness import free_ports
 
 from catga_sync.config import ClusterConfig
-from catga_sync.errors import CatgaError
+from catga_sync.errors import CatgaError, InvalidRequestIdError
 from catga_sync.fsm import StateMachine, UnknownCommandError, command, query
 from catga_sync.kv import ReplicatedDict
 from catga_sync.node import ClusterNode
+from catga_sync.state import parse_request_id
 from catga_sync.storage import MemoryStorage
 
 WAIT = 10.0
@@ -185,6 +186,14 @@ def test_a_repeated_request_id_is_applied_once(cluster: Cluster) -> None:
     again = leader.state(Orders).with_request_id("order-key-1").create("cy", 7)
     assert again == first
     assert leader.state(Orders).count() == 1
+
+
+@pytest.mark.parametrize("bad", ["", "k" * 201, 7], ids=["empty", "too long", "not text"])
+def test_a_bad_request_id_is_an_invalid_request_id_error(bad: Any) -> None:
+    with pytest.raises(InvalidRequestIdError, match="a request id must be a non-empty") as caught:
+        parse_request_id(bad)
+    assert isinstance(caught.value, CatgaError)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_concurrent_commands_from_every_node_all_apply_once(cluster: Cluster) -> None:

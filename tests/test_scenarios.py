@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from catga_sync.errors import CatgaError
+from catga_sync.errors import CatgaError, NoLeaderError
 from catga_sync.raft import (
     AppendEntries,
     AppendResponse,
+    ConfigChangeType,
     Entry,
     InstallSnapshot,
     Message,
@@ -954,6 +955,18 @@ def test_the_same_seed_replays_the_same_trace(seed: int) -> None:
     assert first.trace(1000) == second.trace(1000)
     assert first.now == second.now
     assert (first.delivered, first.dropped) == (second.delivered, second.dropped)
+
+
+def test_asking_for_the_leader_before_any_election_is_a_no_leader_error() -> None:
+    cluster = SimulatedCluster(3)  # t=0: nobody has timed out yet
+
+    with pytest.raises(NoLeaderError, match="no leader to propose to at t=0") as caught:
+        cluster.propose(b"x")
+    assert isinstance(caught.value, CatgaError)
+    with pytest.raises(NoLeaderError, match=r"^no leader$"):
+        cluster.transfer_leadership("n1")
+    with pytest.raises(NoLeaderError, match=r"^no leader$"):
+        cluster.change_membership(ConfigChangeType.ADD_LEARNER, "n3")
 
 
 def test_different_seeds_give_different_schedules() -> None:

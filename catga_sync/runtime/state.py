@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ..errors import CatgaError, CommitTimeoutError
+from ..errors import CommitTimeoutError, InvalidRequestIdError
 from ..fsm import StateMachine, encode_command
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ def request_id(client: str, seq: int) -> str:
 def parse_request_id(value: str) -> tuple[str, int]:
     """``client#seq`` (as CommitTimeoutError reports it) or any other string (seq 0)."""
     if not isinstance(value, str) or not value or len(value) > 200:
-        raise CatgaError("a request id must be a non-empty string of at most 200 characters")
+        raise InvalidRequestIdError(
+            "a request id must be a non-empty string of at most 200 characters"
+        )
     client, sep, seq = value.rpartition("#")
     if sep and client and seq.isdigit():
         return client, int(seq)

@@ -57,7 +57,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, InvalidMessageError, StorageError
 from ..raft import Entry, EntryType, HardState, PersistedState, Snapshot
 from ..raft.codec import membership_to_dict, snapshot_meta_from_dict

@@ -2,8 +2,10 @@
 
 :mod:`.http` sends (one sender thread and queue per peer), the peer RPC blueprint in
 :mod:`catga_sync.web.blueprint` receives, :mod:`.memory` connects nodes inside one process for
-tests. :mod:`.wire` and :mod:`.signing` define the format both ends agree on. Importing this
-package does not import ``requests`` or Flask.
+tests. :mod:`.wire` and :mod:`.signing` define the format both ends agree on. What a follower
+sends the leader on a caller's behalf travels here too: log entries to propose
+(:mod:`.proposals`) and mediator commands to run (:mod:`.forward_wire`, :mod:`.forward_client`).
+Importing this package does not import ``requests`` or Flask.
 """
 
 from __future__ import annotations

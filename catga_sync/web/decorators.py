@@ -30,7 +30,8 @@ import tenacity
 from flask import Response, jsonify, request
 
 from ..errors import NoLeaderError, NotLeaderError
-from ..forwarding import DEFAULT_FORWARD_TIMEOUT, HEADER_HOP, not_leader_error, stop_at
+from ..forwarding import not_leader_error, stop_at
+from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT, HEADER_HOP
 
 if TYPE_CHECKING:
     from ..node import ClusterNode

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from flask import Flask, current_app, has_app_context
 
 from ..config import ClusterConfig
-from ..errors import CatgaError
-from ..forwarding import DEFAULT_FORWARD_TIMEOUT
+from ..errors import AlreadyRegisteredError, NotRegisteredError
 from ..fsm import StateMachine
 from ..node import ClusterNode
+from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT
 from .decorators import forward_to_leader, leader_only
 from .worker_app import register_node_routes
 
@@ -77,7 +77,7 @@ class CatgaCluster:
 
     def init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
-            raise CatgaError(
+            raise AlreadyRegisteredError(
                 "CatgaCluster is already registered on this app: call init_app() once per app "
                 "(create one CatgaCluster at module level and call init_app in your factory)"
             )
@@ -112,7 +112,7 @@ class CatgaCluster:
         try:
             state: ClusterState = target.extensions[EXTENSION_KEY]
         except KeyError:
-            raise CatgaError(
+            raise NotRegisteredError(
                 "this app has no CatgaCluster: call CatgaCluster(app) or cluster.init_app(app)"
             ) from None
         return state
@@ -184,8 +184,8 @@ class CatgaCluster:
         any node (waiting up to ``timeout`` seconds; None: as long as it takes; 0: not at all)
         and released when the block ends; raises
         :class:`~catga_sync.errors.LockNotAcquiredError`. ``lease.token`` is its fencing
-        token (:func:`catga_sync.locks.lock`, a context manager of
-        :class:`~catga_sync.locks.Lease`)."""
+        token (:func:`catga_sync.locks.lock <catga_sync.locks.lease.lock>`, a context manager of
+        :class:`~catga_sync.locks.lease.Lease`)."""
         from ..locks import lock
 
         node = self.state_of(app).node

@@ -1,12 +1,13 @@
 """The forwarding endpoint: ``POST {url_prefix}/forward`` runs a command on the leader.
 
-Followers' :class:`~catga_sync.forwarding.HttpClusterForwarder` post here. The request passes
-the same gate as peer RPC (size limit, signature when a secret is set), then is decoded and
-type-checked as a whole; a bad body, an unknown command or a mistyped field is answered 400 and
-nothing runs. On the leader the command runs through the mediator — at most once per
-idempotency key (:class:`~catga_sync.forwarding.ForwardingGuard`) and marked as forwarded, so
-no behavior sends it on; a follower answers 409 ``not_leader`` naming the leader it knows.
-Wire format: ``docs/request-forwarding.rst``.
+Followers' :class:`~catga_sync.transport.forward_client.HttpClusterForwarder` post here. The
+request passes the same gate as peer RPC (size limit, signature when a secret is set), then is
+decoded and type-checked as a whole (:mod:`catga_sync.transport.forward_wire`); a bad body, an
+unknown command or a mistyped field is answered 400 and nothing runs. On the leader the command
+runs through the mediator — at most once per idempotency key
+(:class:`~catga_sync.forwarding.ForwardingGuard`) and marked as forwarded, so no behavior sends
+it on; a follower answers 409 ``not_leader`` naming the leader it knows. Wire format:
+``docs/request-forwarding.rst``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,8 @@ from flask import Blueprint, Response, jsonify
 
 from ..coordinator import ClusterCoordinator
 from ..errors import CommitTimeoutError, NotLeaderError
-from ..forwarding import (
-    FORWARD_PATH,
-    decode_forward_request,
-    fingerprint,
-    guard_for,
-    not_leader_error,
-)
+from ..forwarding import guard_for, not_leader_error
+from ..transport.forward_wire import FORWARD_PATH, decode_forward_request, fingerprint
 from ..transport.wire import DEFAULT_URL_PREFIX, normalize_url_prefix
 from .blueprint import _ALL_METHODS, PeerGate
 

@@ -1,0 +1,391 @@
+"""The holder's side: :func:`acquire` (and its shapes), and the :class:`Lease` it returns.
+
+A :class:`Lease` is the holder's handle on a granted lock: the fencing token,
+:meth:`Lease.is_valid`, a renewal thread while it is held, and its release. The holder counts
+its lease from when it *sent* the request the cluster applied last for it, for
+``ttl × (1 - CLOCK_DRIFT)`` (the package docstring says why that is safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from ..coordinator import ClusterCoordinator
+from ..errors import (
+    CatgaError,
+    CommitTimeoutError,
+    LockNotAcquiredError,
+    LockNotHeldError,
+)
+from .monitor import RETRY_DELAY, LeaseMonitor, _monitor_of, _Watch
+from .table import MAX_OWNER, MAX_WAIT, LockTable, check_name, check_owner, check_ttl, check_wait
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ..runtime.extension import NodeHandle
+
+log = logging.getLogger("catga_sync.locks")  # the package's logger, as before it was split
+
+DEFAULT_TTL = 30.0
+"""Seconds a lease lasts without renewal (renewed every third of it while held)."""
+CLOCK_DRIFT = 0.01
+"""How much faster a holder's clock may run than the leader's: a holder believes in its lease
+for ``ttl × (1 - CLOCK_DRIFT)`` only (Redlock uses the same 1%)."""
+
+
+class Lease:
+    """A held lock: its fencing ``token``, whether it is still valid, and its release.
+
+    Renewed every ``ttl / 3`` by a thread of its own while held (unless ``auto_renew`` was
+    off). When the lease is lost — it expired, a renewal was refused, or no renewal succeeded
+    in time — :attr:`lost` is set and the :meth:`on_lost` callbacks run (on that thread). Use it
+    as a context manager: leaving the block releases it. A lease nobody releases is renewed as
+    long as its process lives, like a lock nobody unlocks.
+    """
+
+    def __init__(
+        self,
+        node: NodeHandle,
+        monitor: LeaseMonitor,
+        watch: _Watch,
+        *,
+        name: str,
+        owner: str,
+        ttl: float,
+        sent: float,
+        auto_renew: bool,
+    ) -> None:
+        self.name = name
+        self.token = watch.token
+        """The fencing token: the log index of the grant. Pass it to the protected resource."""
+        self.owner = owner
+        self.ttl = ttl
+        self.lost = threading.Event()
+        """Set when the lease is lost (not when it is released)."""
+        self.lost_reason: str | None = None
+        self._node = node
+        self._monitor = monitor
+        self._watch = watch
+        self._clock = monitor.clock
+        self._auto_renew = auto_renew
+        self._lock = threading.Lock()
+        self._valid_until = sent + ttl * (1 - CLOCK_DRIFT)
+        self._next_renew = sent + ttl / 3
+        self._released = False
+        self._callbacks: list[Callable[[Lease], object]] = []
+        self._keeper: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "lost" if self.lost.is_set() else "held"
+        return f"<Lease {self.name!r} token={self.token} owner={self.owner!r} {state}>"
+
+    # -- the holder's questions ----------------------------------------------------------------
+
+    def is_valid(self) -> bool:
+        """True while this holder may act under the lock: not released, not lost, and within
+        the TTL counted from the last acquire or renewal it sent. Check it before each step of
+        the critical section, and still pass :attr:`token` to what you write to: a pause right
+        after the check is not seen by it."""
+        return (
+            not self._released
+            and not self.lost.is_set()
+            and self._watch.state == "granted"
+            and self._clock() < self._valid_until
+        )
+
+    @property
+    def valid_until(self) -> float:
+        """When the lease stops being valid unless renewed, on ``time.monotonic()``."""
+        return self._valid_until
+
+    def remaining(self) -> float:
+        """Seconds of validity left (0 once invalid)."""
+        return max(0.0, self._valid_until - self._clock()) if self.is_valid() else 0.0
+
+    def on_lost(self, callback: Callable[[Lease], object]) -> Callable[[Lease], object]:
+        """Call ``callback(lease)`` once if the lease is lost (now, if it already is).
+        Usable as a decorator."""
+        with self._lock:
+            if not self.lost.is_set():
+                self._callbacks.append(callback)
+                return callback
+        _call(callback, self)
+        return callback
+
+    # -- renewal and release -------------------------------------------------------------------
+
+    def renew(self) -> None:
+        """Renew the lease now (the renewal thread does this by itself): LockNotHeldError if
+        the lock is no longer held with this token."""
+        if self._released:
+            raise LockNotHeldError(f"lock {self.name!r} (token {self.token}) was released")
+        sent = self._clock()
+        timeout = max(0.5, self._valid_until - sent)
+        self._node.state(LockTable, timeout=timeout).renew(self.name, self.token)
+        with self._lock:
+            self._valid_until = max(self._valid_until, sent + self.ttl * (1 - CLOCK_DRIFT))
+            self._next_renew = sent + self.ttl / 3
+
+    def release(self) -> None:
+        """Give the lock back (the first waiter gets it in the same log entry).
+
+        Raises LockNotHeldError if it was released already, or lost before: in that case
+        another holder may have had it, and what was done in between is not protected."""
+        with self._lock:
+            if self._released:
+                raise LockNotHeldError(
+                    f"lock {self.name!r} (token {self.token}) was already released by this holder"
+                )
+            self._released = True
+        self._watch.event.set()  # the renewal thread ends
+        lost = self.lost.is_set() or self._watch.state != "granted"
+        try:
+            if self._watch.state == "granted":  # held as far as this node knows: free it
+                self._node.state(LockTable).release(self.name, self.token)
+        except LockNotHeldError:
+            if not lost:
+                raise
+        finally:
+            self._monitor.unwatch(self._watch.holder)
+        if lost:
+            reason = self.lost_reason or self._watch.reason or "lost"
+            raise LockNotHeldError(
+                f"lock {self.name!r} (token {self.token}) was lost before its release: {reason}"
+            )
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._released:
+            return
+        try:
+            self.release()
+        except LockNotHeldError:
+            if exc_type is None:
+                raise  # the block did not run under the lock to its end: say so
+        except CatgaError as error:  # no leader to take the release: the lease will expire
+            log.warning("lock %r (token %d) not released: %s", self.name, self.token, error)
+
+    # -- the renewal thread ----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._keeper = threading.Thread(
+            target=self._keep, name=f"catga-lease-{self.name[:40]}-{self.token}", daemon=True
+        )
+        self._keeper.start()
+
+    def _keep(self) -> None:
+        watch = self._watch
+        while True:
+            watch.event.clear()
+            if self._released:
+                return
+            if watch.state != "granted":
+                self._mark_lost(watch.reason or "the lock was freed")
+                break
+            now = self._clock()
+            if now >= self._valid_until:
+                self._mark_lost("its TTL ran out before a renewal succeeded")
+                break
+            if self._auto_renew and now >= self._next_renew:
+                try:
+                    self.renew()
+                except LockNotHeldError as exc:
+                    if self._released:
+                        return
+                    self._mark_lost(str(exc))
+                    break
+                except Exception as exc:  # no leader or quorum right now: try again soon
+                    log.debug("lock %r: renewal failed, retrying: %s", self.name, exc)
+                    with self._lock:
+                        self._next_renew = self._clock() + min(RETRY_DELAY, self.ttl / 10)
+                continue
+            wake = min(self._valid_until, self._next_renew) if self._auto_renew else None
+            watch.event.wait(self._valid_until - now if wake is None else wake - now)
+        if not self._released:
+            self._monitor.unwatch(watch.holder)
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _call(callback, self)
+
+    def _mark_lost(self, reason: str) -> None:
+        with self._lock:
+            if self.lost.is_set():
+                return
+            self.lost_reason = reason
+            self.lost.set()
+        # A lease nobody renews (auto_renew=False: the example's HTTP locks) ends by design.
+        level = logging.WARNING if self._auto_renew else logging.INFO
+        log.log(level, "lease on lock %r (token %d) lost: %s", self.name, self.token, reason)
+
+
+def _call(callback: Callable[[Lease], object], lease: Lease) -> None:
+    try:
+        callback(lease)
+    except Exception:
+        log.exception("on_lost callback %r of lock %r failed", callback, lease.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Acquiring
+
+
+def acquire(
+    target: NodeHandle | ClusterCoordinator,
+    name: str,
+    *,
+    ttl: float = DEFAULT_TTL,
+    timeout: float | None = None,
+    owner: str | None = None,
+    auto_renew: bool = True,
+) -> Lease:
+    """Acquire lock ``name`` through ``target`` (a node or its coordinator), from any node.
+
+    Waits up to ``timeout`` seconds in the lock's queue (first come, first served; ``None``:
+    as long as it takes, up to a day; ``0``: do not wait) and raises
+    :class:`~catga_sync.errors.LockNotAcquiredError` when it did not get it.
+    :class:`~catga_sync.errors.InvalidLockRequestError` for a bad name, TTL, owner or timeout,
+    before anything is proposed. ``owner`` is shown to others (default: node, pid, thread).
+    """
+    node = _node_of(target)
+    check_name(name)
+    ttl = check_ttl(ttl)
+    wait = MAX_WAIT if timeout is None else check_wait(timeout)
+    owner = check_owner(_default_owner(node) if owner is None else owner)
+    monitor = _monitor_of(node)
+    clock = monitor.clock
+    holder = uuid.uuid4().hex
+    watch = monitor.watch(holder)
+    try:
+        deadline = clock() + wait
+        sent = clock()
+        try:
+            answer = node.state(LockTable).acquire(name, holder, owner, ttl, wait)
+        except CommitTimeoutError:
+            _give_up(node, name, holder)
+            raise
+        if answer["state"] == "busy":
+            raise LockNotAcquiredError(
+                f"lock {name!r} is held by {answer['owner']!r} (token {answer['token']})"
+                + (f"; {answer['reason']}" if "reason" in answer else "")
+            )
+        while watch.state == "pending":
+            left = deadline - clock()
+            if left <= 0 or not watch.event.wait(left):
+                break
+            watch.event.clear()
+        if watch.state == "pending":  # timed out in the queue (a late grant is given back)
+            _give_up(node, name, holder)
+            raise LockNotAcquiredError(
+                f"lock {name!r} was not acquired within {wait:g}s (waiting behind its holder)"
+            )
+        if watch.state != "granted":
+            raise LockNotAcquiredError(f"lock {name!r} was not acquired: {watch.reason}")
+        lease = Lease(
+            node, monitor, watch, name=name, owner=owner, ttl=ttl, sent=sent, auto_renew=auto_renew
+        )
+        if lease.valid_until - clock() < ttl / 2:  # a long wait used up the acquire's clock
+            try:
+                lease.renew()
+            except LockNotHeldError as exc:
+                raise LockNotAcquiredError(f"lock {name!r} was lost at once: {exc}") from exc
+    except BaseException:
+        monitor.unwatch(holder)
+        raise
+    lease._start()
+    return lease
+
+
+def try_acquire(
+    target: NodeHandle | ClusterCoordinator,
+    name: str,
+    *,
+    ttl: float = DEFAULT_TTL,
+    timeout: float = 0.0,
+    owner: str | None = None,
+    auto_renew: bool = True,
+) -> Lease | None:
+    """Like :func:`acquire`, but returns None instead of raising LockNotAcquiredError; by
+    default it does not wait at all."""
+    try:
+        return acquire(target, name, ttl=ttl, timeout=timeout, owner=owner, auto_renew=auto_renew)
+    except LockNotAcquiredError:
+        return None
+
+
+@contextmanager
+def lock(
+    target: NodeHandle | ClusterCoordinator,
+    name: str,
+    *,
+    ttl: float = DEFAULT_TTL,
+    timeout: float | None = None,
+    owner: str | None = None,
+    auto_renew: bool = True,
+) -> Iterator[Lease]:
+    """``with lock(node, "name", ttl=10) as lease:`` — :func:`acquire` on entry (raising
+    LockNotAcquiredError), release on exit. If the lease is lost before the block ends and the
+    block raised nothing, LockNotHeldError is raised on exit."""
+    lease = acquire(target, name, ttl=ttl, timeout=timeout, owner=owner, auto_renew=auto_renew)
+    with lease:
+        yield lease
+
+
+class DistributedLock:
+    """The guide's ``DistributedLock``::
+
+        lease = DistributedLock.try_acquire(coordinator, resource="critical-operation", timeout=5)
+        if lease is None or not lease.is_valid():
+            return False
+        with lease:
+            do_work(fence=lease.token)
+
+    :func:`lock` (``with cluster.lock(name, ttl=...)``) is the same, raising when not acquired.
+    """
+
+    @staticmethod
+    def try_acquire(
+        coordinator: ClusterCoordinator | NodeHandle,
+        resource: str,
+        timeout: float = 0.0,
+        *,
+        ttl: float = DEFAULT_TTL,
+        owner: str | None = None,
+        auto_renew: bool = True,
+    ) -> Lease | None:
+        """The lease on ``resource``, waiting up to ``timeout`` seconds; None if not acquired."""
+        return try_acquire(
+            coordinator, resource, ttl=ttl, timeout=timeout, owner=owner, auto_renew=auto_renew
+        )
+
+
+def _give_up(node: NodeHandle, name: str, holder: str) -> None:
+    """Leave the queue, or give back a grant that came too late (best effort: a grant nobody
+    takes expires after its TTL anyway)."""
+    try:
+        node.state(LockTable).cancel(name, holder)
+    except CatgaError as exc:
+        log.info("lock %r: could not withdraw request %s: %s", name, holder, exc)
+
+
+def _node_of(target: NodeHandle | ClusterCoordinator) -> NodeHandle:
+    return target.node if isinstance(target, ClusterCoordinator) else target
+
+
+def _default_owner(node: NodeHandle) -> str:
+    owner = f"{node.node_id}/pid {os.getpid()}/{threading.current_thread().name}"
+    return owner[:MAX_OWNER] if owner.isprintable() else f"{node.node_id}/pid {os.getpid()}"
