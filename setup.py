@@ -49,6 +49,7 @@ setup(
             "pytest>=8",
             "pytest-cov",
             "pytest-xdist",
+            "pytest-timeout",
             "hypothesis",
             "prometheus_client>=0.17",
         ],

@@ -12,6 +12,7 @@ import hashlib
 import random
 
 import pytest
+from helpers.core import drain, elect
 
 from catga_sync.errors import InvalidMessageError, NoLeaderError, NotLeaderError
 from catga_sync.raft import (
@@ -30,7 +31,6 @@ from catga_sync.raft import (
     RaftConfig,
     RaftCore,
     Ready,
-    Role,
     Snapshot,
     SnapshotMeta,
     SnapshotResponse,
@@ -51,29 +51,12 @@ def _core(
     return RaftCore(config, rng=random.Random(0), persisted=persisted)
 
 
-def _drain(core: RaftCore) -> list[Message]:
-    """Play the driver: take every Ready, pretend it was persisted, return what it sends."""
-    sent: list[Message] = []
-    while core.has_ready():
-        ready = core.ready()
-        sent.extend(ready.early_messages)
-        sent.extend(ready.messages)
-        core.advance(ready)
-    return sent
-
-
 def _leader_a() -> RaftCore:
     """Node a, leader of {a, b, c} in term 1, both followers acknowledged its no-op."""
-    core = _core("a")
-    while core.role is not Role.LEADER:
-        core.tick()
-        for m in _drain(core):
-            if isinstance(m, VoteRequest):
-                core.step(VoteResponse(m.term, m.to, "a", granted=True, pre_vote=m.pre_vote))
-    _drain(core)
+    core = elect(_core("a"))
     for follower in ("b", "c"):
         core.step(AppendResponse(1, follower, "a", index=1))
-    _drain(core)
+    drain(core)
     return core
 
 
@@ -81,7 +64,7 @@ def _follower_b() -> RaftCore:
     """Node b, following a in term 1, with entries 1 (no-op) and 2 committed and applied."""
     core = _core("b")
     core.step(AppendEntries(1, "a", "b", 0, 0, (Entry(1, 1), Entry(2, 1, b"x")), commit=2))
-    _drain(core)
+    drain(core)
     return core
 
 
@@ -158,7 +141,7 @@ def test_propose_many_appends_consecutive_entries_in_one_message_per_follower() 
         (last + 2, 1, b"y"),
         (last + 3, 1, b"z"),
     ]
-    appends = [m for m in _drain(leader) if isinstance(m, AppendEntries)]
+    appends = [m for m in drain(leader) if isinstance(m, AppendEntries)]
     assert sorted(m.to for m in appends) == ["b", "c"]
     assert all(m.entries == tuple(entries) for m in appends)
 
@@ -336,7 +319,7 @@ def test_compact_refuses_an_index_not_yet_applied() -> None:
 def test_compact_refuses_an_index_at_or_below_the_snapshot() -> None:
     core = _follower_b()
     core.compact(2, b"state at 2")
-    _drain(core)
+    drain(core)
 
     with pytest.raises(ValueError, match="above the current snapshot"):
         core.compact(2, b"again")

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from e2e.harness import poll
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import poll
 
 from catga_sync.config import ClusterConfig
 from catga_sync.web.extension import CatgaCluster

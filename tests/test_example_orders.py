@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from e2e.harness import free_ports
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import free_ports
 
 from catga_sync.config import ClusterConfig
 from catga_sync.fsm import error_type_name, rebuild_error

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import pytest
 import requests
-from e2e.harness import free_ports
 from flask import Flask, Response, jsonify, request
+from helpers import LocalCluster, free_ports
 
 from catga_sync.config import ClusterConfig
 from catga_sync.errors import (
@@ -111,35 +111,30 @@ def new_ref() -> str:
 # A cluster of ClusterNodes serving their worker app (peer RPC + the forwarding endpoint)
 
 
-class Cluster:
+def _with_behaviors(node: ClusterNode) -> None:
+    mediator = node.mediator
+    assert mediator is not None
+    mediator.add_behavior(ForwardToLeaderBehavior(node.coordinator), for_=CreateOrder)
+    mediator.add_behavior(LeaderOnlyBehavior(node.coordinator), for_=WhoLeads)
+
+
+class Cluster(LocalCluster):
+    """Three nodes over HTTP, each with the same mediator commands and behaviors. Its
+    :meth:`leader` is the node that itself says it leads and has committed its term's no-op
+    (asking a follower who leads may name a leader that has just handed over)."""
+
     def __init__(self, *, secret: str | None = None) -> None:
-        ports = free_ports(3)
-        self.members = tuple(f"http://127.0.0.1:{p}" for p in ports)
-        self.secret = secret
-        self.nodes: list[ClusterNode] = []
-        for k in range(3):
-            config = ClusterConfig(
-                local_node_endpoint=self.members[k],
-                members=self.members,
-                node_id=f"node{k}",
-                election_timeout=timedelta(milliseconds=300),
-                heartbeat_interval=timedelta(milliseconds=100),
-                secret=secret,
-            )
-            mediator = build_mediator(f"node{k}")
-            node = ClusterNode(config, storage=MemoryStorage(f"node{k}"), mediator=mediator)
-            mediator.add_behavior(ForwardToLeaderBehavior(node.coordinator), for_=CreateOrder)
-            mediator.add_behavior(LeaderOnlyBehavior(node.coordinator), for_=WhoLeads)
-            self.nodes.append(node)
-
-    def start(self) -> Cluster:
-        for node in self.nodes:
-            node.start()
-        return self
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop(transfer=False)
+        super().__init__(
+            3,
+            transport="http",
+            secret=secret,
+            election_timeout=0.3,
+            heartbeat_interval=0.1,
+            node_options=lambda k: {"mediator": build_mediator(f"node{k}")},
+            setup=_with_behaviors,
+            committed_leader=True,
+            wait=WAIT,
+        )
 
     def mediator(self, node: ClusterNode) -> Mediator:
         assert node.mediator is not None
@@ -147,28 +142,6 @@ class Cluster:
 
     def node_at(self, endpoint: str) -> ClusterNode:
         return next(n for n in self.nodes if n.raft_id == endpoint)
-
-    def leader(self) -> ClusterNode:
-        """The node that itself says it leads and has committed its term's no-op. (Asking a
-        follower who leads may name a leader that has just handed over.)"""
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            for node in self.nodes:
-                status = node.status
-                if node.running and status.is_leader and status.commit_term == status.term:
-                    return node
-            threading.Event().wait(0.01)
-        raise AssertionError(f"no leader with a committed no-op within {WAIT}s")
-
-    def followers(self) -> list[ClusterNode]:
-        leader = self.leader()
-        found = [n for n in self.nodes if n is not leader and n.running]
-        for follower in found:
-            follower.wait_for(lambda s: s.leader_endpoint == leader.raft_id, WAIT)
-        return found
-
-    def follower(self) -> ClusterNode:
-        return self.followers()[0]
 
 
 @pytest.fixture(scope="module")

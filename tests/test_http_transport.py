@@ -281,8 +281,16 @@ def test_a_dead_peer_does_not_delay_the_live_one(start_node: Any) -> None:
         # sender waits on), then the transport, which therefore need not wait.
         stack.callback(lambda: [t.close() for t in transports])
         stuck = f"http://127.0.0.1:{stack.enter_context(blackhole())}"
+        refused_tried = threading.Event()
+
+        def observer(peer: str, _seconds: float, ok: bool) -> None:
+            if peer == refused and not ok:
+                refused_tried.set()
+
         # A long timeout keeps the stuck peer's first POST waiting for the whole test.
-        transport = make_transport(A, [live.endpoint, refused, stuck], queue_limit=32, timeout=60.0)
+        transport = make_transport(
+            A, [live.endpoint, refused, stuck], queue_limit=32, timeout=60.0, rpc_observer=observer
+        )
         transports.append(transport)
         for i in range(200):
             # Every tenth message to the dead peers is an append, the rest are heartbeats.
@@ -296,6 +304,7 @@ def test_a_dead_peer_does_not_delay_the_live_one(start_node: Any) -> None:
             assert live.receiver.wait_for(i + 1), f"message {i} to the live peer is late"
         pending = transport.pending(stuck)
         stuck_queued = transport.stats()[stuck]["queued"]
+        assert refused_tried.wait(10), "the refused peer was never tried"
     stats = transport.stats()  # after close(): every sender has finished counting
 
     assert [m.commit for m in live.receiver.messages if isinstance(m, Heartbeat)] == list(
@@ -310,7 +319,9 @@ def test_a_dead_peer_does_not_delay_the_live_one(start_node: Any) -> None:
     waiting = [m.prev_index + 1 for m in pending if isinstance(m, AppendEntries)]
     assert waiting and waiting == list(range(1, 200, 10))[-len(waiting) :]
     assert [m for m in pending if isinstance(m, Heartbeat)][-1] == heartbeat(A, stuck, commit=199)
-    assert stats[refused]["sent"] == 0 and stats[refused]["reachable"] in (False, None)
+    # Tried (the observer saw its POST fail) and refused: known unreachable, not unknown (None).
+    assert stats[refused]["sent"] == 0 and stats[refused]["failed"] > 0
+    assert stats[refused]["reachable"] is False
 
 
 def test_a_peer_coming_back_is_noticed(start_node: Any, caplog: pytest.LogCaptureFixture) -> None:

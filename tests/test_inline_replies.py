@@ -11,16 +11,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 
 import pytest
 from _peer_support import RecordingReceiver, heartbeat, heartbeat_response, peer_app, serve
-from e2e.harness import free_ports
+from helpers import LocalCluster
 
-from catga_sync.config import ClusterConfig
 from catga_sync.errors import PeerAuthError
 from catga_sync.kv import ReplicatedDict
-from catga_sync.node import ClusterNode
 from catga_sync.raft import Message
 from catga_sync.storage import MemoryStorage
 from catga_sync.transport.http import HttpTransport
@@ -89,42 +86,23 @@ def _disk_image(storage: MemoryStorage) -> MemoryStorage:
     return image
 
 
-def _cluster() -> tuple[list[ClusterNode], list[MemoryStorage], list[ClusterConfig]]:
-    members = tuple(f"http://127.0.0.1:{p}" for p in free_ports(3))
-    configs = [
-        ClusterConfig(
-            local_node_endpoint=members[k],
-            members=members,
-            node_id=f"node{k}",
-            election_timeout=timedelta(milliseconds=150),
-            heartbeat_interval=timedelta(milliseconds=50),
-            secret=SECRET,
-        )
-        for k in range(3)
-    ]
-    storages = [MemoryStorage(f"node{k}") for k in range(3)]
-    nodes = [ClusterNode(configs[k], storage=storages[k]) for k in range(3)]
-    for node in nodes:
-        node.register(ReplicatedDict())
-        node.start()
-    return nodes, storages, configs
-
-
-def _leader(nodes: list[ClusterNode]) -> ClusterNode:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        for node in nodes:
-            status = node.status
-            if node.running and status.is_leader and status.commit_term == status.term:
-                return node
-        time.sleep(0.01)
-    raise AssertionError("no leader")
+def _cluster() -> LocalCluster:
+    """Three nodes over HTTP with a secret, state in memory, a key-value map registered."""
+    return LocalCluster(
+        3,
+        transport="http",
+        secret=SECRET,
+        setup=lambda node: node.register(ReplicatedDict()),
+        committed_leader=True,
+        wait=WAIT,
+    )
 
 
 def test_followers_answer_inline_and_write_commit_only_unsynced_yet_recover_on_restart() -> None:
-    nodes, storages, configs = _cluster()
+    cluster = _cluster().start()
+    nodes = cluster.nodes
     try:
-        leader = _leader(nodes)
+        leader = cluster.leader(unique=False)
         kv = leader.state(ReplicatedDict)
         for k in range(30):
             kv.set(f"k{k}", k)
@@ -138,24 +116,22 @@ def test_followers_answer_inline_and_write_commit_only_unsynced_yet_recover_on_r
         # it had, although no commit-only batch was fsynced. Taken on its loop, between two
         # batches, where the published status and the storage agree.
         k = nodes.index(followers[0])
+        storage = cluster.storages[k]
+        assert isinstance(storage, MemoryStorage)
         image, status = followers[0].run_on_loop(
-            lambda: (_disk_image(storages[k]), followers[0].status)
+            lambda: (_disk_image(storage), followers[0].status)
         )
         assert status.commit_index >= last_set
         assert image._hard.commit == status.commit_index
         # What a power loss may leave (Raft allows it): no commit index ever written. The
         # node comes back with every entry and learns the commit from the leader.
         image._hard = dataclasses.replace(image._hard, commit=0)
-        nodes[k].stop(transfer=False)
-        nodes[k] = ClusterNode(configs[k], storage=image)
-        nodes[k].register(ReplicatedDict())
-        nodes[k].start()
+        restarted = cluster.restart(k, storage=image)
         kv.set("after", "restart")
         # The leader's published status can lag its apply by a moment; its read index cannot.
         committed = leader.read_barrier(timeout=WAIT)
-        nodes[k].wait_for(lambda s: s.last_applied >= committed, WAIT)
-        assert nodes[k].state(ReplicatedDict).local.get("k29") == 29
-        assert nodes[k].state(ReplicatedDict).local.get("after") == "restart"
+        restarted.wait_for(lambda s: s.last_applied >= committed, WAIT)
+        assert restarted.state(ReplicatedDict).local.get("k29") == 29
+        assert restarted.state(ReplicatedDict).local.get("after") == "restart"
     finally:
-        for node in nodes:
-            node.stop(transfer=False)
+        cluster.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers.core import drain, elect
 
 from catga_sync.errors import (
     LeadershipTransferError,
@@ -24,13 +25,11 @@ from catga_sync.raft import (
     ConfigChangeType,
     HeartbeatResponse,
     Membership,
-    Message,
     RaftConfig,
     RaftCore,
     Role,
     TimeoutNow,
     VoteRequest,
-    VoteResponse,
 )
 from catga_sync.testing import SimulatedCluster
 
@@ -49,28 +48,11 @@ def _settled(seed: int, nodes: int = 3) -> tuple[SimulatedCluster, str, list[str
 # -- one core, driven by hand ----------------------------------------------------------------------
 
 
-def _drain(core: RaftCore) -> list[Message]:
-    """Play the driver: take every Ready, pretend it was persisted, return what it sends."""
-    sent: list[Message] = []
-    while core.has_ready():
-        ready = core.ready()
-        sent.extend(ready.early_messages)
-        sent.extend(ready.messages)
-        core.advance(ready)
-    return sent
-
-
 def _leader_a() -> RaftCore:
     """Node a, elected leader of {a, b, c} in term 1 with its no-op acknowledged by b only."""
-    core = RaftCore(RaftConfig("a", Membership(frozenset("abc"))), rng=random.Random(0))
-    while core.role is not Role.LEADER:
-        core.tick()
-        for m in _drain(core):
-            if isinstance(m, VoteRequest):
-                core.step(VoteResponse(m.term, m.to, "a", granted=True, pre_vote=m.pre_vote))
-    _drain(core)
+    core = elect(RaftCore(RaftConfig("a", Membership(frozenset("abc"))), rng=random.Random(0)))
     core.step(AppendResponse(core.term, "b", "a", index=core.log.last_index))
-    _drain(core)
+    drain(core)
     assert core.commit_index == core.log.last_index == 1
     return core
 
@@ -118,17 +100,17 @@ def test_leader_sends_timeout_now_only_once_the_target_has_its_whole_log() -> No
     leader = _leader_a()
     leader.step(AppendResponse(leader.term, "c", "a", index=1))
     leader.propose_many([b"x", b"y"])
-    sent = _drain(leader)
+    sent = drain(leader)
     assert any(isinstance(m, AppendEntries) and m.to == "c" and m.entries for m in sent)
 
     leader.transfer_leadership("c")  # c has not acknowledged x and y yet
-    assert not any(isinstance(m, TimeoutNow) for m in _drain(leader))
+    assert not any(isinstance(m, TimeoutNow) for m in drain(leader))
 
     leader.step(AppendResponse(leader.term, "c", "a", index=leader.log.last_index - 1))
-    assert not any(isinstance(m, TimeoutNow) for m in _drain(leader))
+    assert not any(isinstance(m, TimeoutNow) for m in drain(leader))
 
     leader.step(AppendResponse(leader.term, "c", "a", index=leader.log.last_index))
-    assert TimeoutNow(leader.term, "a", "c") in _drain(leader)
+    assert TimeoutNow(leader.term, "a", "c") in drain(leader)
 
 
 def test_leader_sends_timeout_now_at_once_to_an_up_to_date_target() -> None:
@@ -136,19 +118,19 @@ def test_leader_sends_timeout_now_at_once_to_an_up_to_date_target() -> None:
 
     leader.transfer_leadership("b")
 
-    assert _drain(leader) == [TimeoutNow(1, "a", "b")]
+    assert drain(leader) == [TimeoutNow(1, "a", "b")]
     assert leader.role is Role.LEADER, "it leads until it hears of the higher term"
 
 
 def test_timeout_now_starts_a_real_election_that_bypasses_the_lease() -> None:
     core = RaftCore(RaftConfig("b", Membership(frozenset("abc"))), rng=random.Random(0))
     core.step(AppendEntries(1, "a", "b", 0, 0, (), 0))
-    _drain(core)
+    drain(core)
 
     core.step(TimeoutNow(1, "a", "b"))
 
     assert (core.role, core.term, core.vote) == (Role.CANDIDATE, 2, "b")
-    requests = [m for m in _drain(core) if isinstance(m, VoteRequest)]
+    requests = [m for m in drain(core) if isinstance(m, VoteRequest)]
     assert {m.to for m in requests} == {"a", "c"}
     assert all(m.transfer and not m.pre_vote and m.term == 2 for m in requests)
 
@@ -280,7 +262,7 @@ def test_most_up_to_date_voter_from_the_leaders_progress() -> None:
     assert leader.most_up_to_date_voter() == "b"
 
     leader.propose(b"x")
-    _drain(leader)
+    drain(leader)
     leader.step(AppendResponse(leader.term, "c", "a", index=leader.log.last_index))
 
     assert leader.most_up_to_date_voter() == "c"
@@ -317,12 +299,12 @@ def test_most_up_to_date_voter_ignores_learners(seed: int) -> None:
 def test_a_lost_timeout_now_is_sent_again_on_the_targets_next_heartbeat_response() -> None:
     leader = _leader_a()
     leader.transfer_leadership("b")  # b is caught up: TimeoutNow goes out at once
-    first = [m for m in _drain(leader) if isinstance(m, TimeoutNow)]
+    first = [m for m in drain(leader) if isinstance(m, TimeoutNow)]
     assert [m.to for m in first] == ["b"]
     # That message is lost. b answers the next heartbeat: the leader asks again.
     leader.step(HeartbeatResponse(leader.term, "b", "a"))
-    again = [m for m in _drain(leader) if isinstance(m, TimeoutNow)]
+    again = [m for m in drain(leader) if isinstance(m, TimeoutNow)]
     assert [m.to for m in again] == ["b"]
     # A heartbeat response from another follower does not trigger it.
     leader.step(HeartbeatResponse(leader.term, "c", "a"))
-    assert not [m for m in _drain(leader) if isinstance(m, TimeoutNow)]
+    assert not [m for m in drain(leader) if isinstance(m, TimeoutNow)]

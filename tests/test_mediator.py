@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import pytest
-from e2e.harness import free_ports
+from helpers import free_ports
 
 from catga_sync.config import ClusterConfig
 from catga_sync.errors import CatgaError, NoLeaderError, NotLeaderError

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers.core import drain, elect
 
 from catga_sync.errors import MembershipChangeError, NotLeaderError
 from catga_sync.raft import (
@@ -22,12 +23,9 @@ from catga_sync.raft import (
     Entry,
     EntryType,
     Membership,
-    Message,
     RaftConfig,
     RaftCore,
     Role,
-    VoteRequest,
-    VoteResponse,
 )
 from catga_sync.raft.codec import encode_config_entry
 from catga_sync.testing import SimulatedCluster
@@ -64,26 +62,6 @@ def _change_and_commit(
 
 
 # -- one core, driven by hand ----------------------------------------------------------------------
-
-
-def _drain(core: RaftCore) -> list[Message]:
-    sent: list[Message] = []
-    while core.has_ready():
-        ready = core.ready()
-        sent.extend(ready.early_messages)
-        sent.extend(ready.messages)
-        core.advance(ready)
-    return sent
-
-
-def _elect(core: RaftCore) -> None:
-    """Tick ``core`` into leadership, granting every vote it asks for."""
-    while core.role is not Role.LEADER:
-        core.tick()
-        for m in _drain(core):
-            if isinstance(m, VoteRequest):
-                core.step(VoteResponse(m.term, m.to, core.id, granted=True, pre_vote=m.pre_vote))
-    _drain(core)
 
 
 ABC = Membership(frozenset("abc"))
@@ -280,13 +258,13 @@ def test_one_change_at_a_time(seed: int) -> None:
 
 def test_new_leader_refuses_a_change_until_its_no_op_commits() -> None:
     core = RaftCore(RaftConfig("a", ABC), rng=random.Random(0))
-    _elect(core)
+    elect(core)
     change = ConfigChange(REMOVE, "c")
 
     with pytest.raises(MembershipChangeError, match="not committed an entry in its term"):
         core.propose_config_change(change)
     core.step(AppendResponse(core.term, "b", "a", index=core.log.last_index))
-    _drain(core)
+    drain(core)
     entry = core.propose_config_change(change)
 
     assert entry.type is EntryType.CONFIG

@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
+from helpers import LocalCluster, poll
 
-from catga_sync.config import ClusterConfig
 from catga_sync.coordinator import leader_elected, leader_lost
 from catga_sync.errors import CatgaError, NotLeaderError
 from catga_sync.node import ClusterNode
 from catga_sync.raft import Entry, Role
-from catga_sync.storage import MemoryStorage
-from catga_sync.transport.memory import MemoryNetwork, MemoryTransport
 
 ENDPOINTS = [f"http://localhost:{7100 + k}" for k in range(3)]
 WAIT = 10.0
@@ -35,66 +32,21 @@ class Applied:
             return len(self.entries)
 
 
-class Cluster:
+class Cluster(LocalCluster):
+    """Three nodes on the memory network, each applying through an :class:`Applied`."""
+
     def __init__(self, size: int = 3) -> None:
-        self.network = MemoryNetwork()
-        self.applied: dict[str, Applied] = {}
-        self.storages: dict[str, MemoryStorage] = {}
-        self.nodes: list[ClusterNode] = []
-        for k in range(size):
-            self.nodes.append(self._make(k))
-
-    def _make(self, k: int) -> ClusterNode:
-        config = ClusterConfig(
-            local_node_endpoint=ENDPOINTS[k],
-            members=tuple(ENDPOINTS[: len(ENDPOINTS)]),
-            node_id=f"node{k}",
-            election_timeout=timedelta(milliseconds=150),
-            heartbeat_interval=timedelta(milliseconds=50),
+        self.applied = {f"node{k}": Applied() for k in range(size)}
+        super().__init__(
+            size,
+            endpoints=ENDPOINTS[:size],
+            node_options=lambda k: {"applier": self.applied[f"node{k}"]},
+            wait=WAIT,
         )
-        storage = self.storages.setdefault(config.node_id, MemoryStorage(config.node_id))
-        applied = self.applied.setdefault(config.node_id, Applied())
-        node = ClusterNode(
-            config,
-            storage=storage,
-            transport=MemoryTransport(self.network, config.raft_id, config.node_id),
-            serve_http=False,
-            applier=applied,
-        )
-        return node
-
-    def start(self) -> None:
-        for node in self.nodes:
-            self.network.register(node)
-            node.start()
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop(transfer=False)
-
-    def running(self) -> list[ClusterNode]:
-        return [n for n in self.nodes if n.running]
-
-    def leader(self, timeout: float = WAIT) -> ClusterNode:
-        def one_leader() -> ClusterNode | None:
-            leaders = [n for n in self.running() if n.status.is_leader]
-            return leaders[0] if len(leaders) == 1 else None
-
-        return wait_until(one_leader, timeout, "one leader")
 
 
 def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    event = threading.Event()
-    deadline = timeout
-    step = 0.01
-    waited = 0.0
-    while waited < deadline:
-        value = predicate()
-        if value:
-            return value
-        event.wait(step)
-        waited += step
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll(predicate, timeout, what, interval=0.01)
 
 
 @pytest.fixture

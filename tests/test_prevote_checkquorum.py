@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers.core import drain, tick_until
 
 from catga_sync.raft import (
     Heartbeat,
@@ -48,22 +49,11 @@ def _core(node_id: str = "b", **options: bool) -> RaftCore:
     return RaftCore(config, rng=random.Random(0))
 
 
-def _drain(core: RaftCore) -> list[Message]:
-    """Play the driver: take every Ready, pretend it was persisted, return what it sends."""
-    sent: list[Message] = []
-    while core.has_ready():
-        ready = core.ready()
-        sent.extend(ready.early_messages)
-        sent.extend(ready.messages)
-        core.advance(ready)
-    return sent
-
-
 def _follower_of_a(**options: bool) -> RaftCore:
     """Node b, following leader a in term 1, having just heard a heartbeat."""
     core = _core("b", **options)
     core.step(Heartbeat(1, "a", "b", commit=0))
-    _drain(core)
+    drain(core)
     assert (core.role, core.leader_id, core.term) == (Role.FOLLOWER, "a", 1)
     return core
 
@@ -256,7 +246,7 @@ def test_follower_in_its_lease_ignores_a_vote_request_of_a_higher_term(pre_vote:
     core.step(VoteRequest(5, "c", "b", last_log_index=10, last_log_term=4, pre_vote=pre_vote))
 
     assert (core.role, core.term, core.leader_id, core.vote) == (Role.FOLLOWER, 1, "a", None)
-    assert _drain(core) == [], "not even a refusal: the request is simply dropped"
+    assert drain(core) == [], "not even a refusal: the request is simply dropped"
 
 
 def test_follower_in_its_lease_helps_a_leadership_transfer() -> None:
@@ -265,7 +255,7 @@ def test_follower_in_its_lease_helps_a_leadership_transfer() -> None:
     core.step(VoteRequest(2, "c", "b", last_log_index=0, last_log_term=0, transfer=True))
 
     assert (core.term, core.vote) == (2, "c")
-    assert VoteResponse(2, "b", "c", granted=True) in _drain(core)
+    assert VoteResponse(2, "b", "c", granted=True) in drain(core)
 
 
 def test_follower_votes_again_once_the_leader_is_silent_for_an_election_timeout() -> None:
@@ -280,7 +270,7 @@ def test_follower_votes_again_once_the_leader_is_silent_for_an_election_timeout(
     core.step(VoteRequest(2, "c", "b", last_log_index=0, last_log_term=0))
 
     assert (core.term, core.vote) == (2, "c")
-    assert VoteResponse(2, "b", "c", granted=True) in _drain(core)
+    assert VoteResponse(2, "b", "c", granted=True) in drain(core)
 
 
 def test_without_check_quorum_there_is_no_lease() -> None:
@@ -295,7 +285,7 @@ def test_leader_ignores_a_vote_request_of_a_higher_term() -> None:
     core = _core("a")
     for _ in range(3 * ELECTION_TICKS):
         core.tick()
-        for m in _drain(core):
+        for m in drain(core):
             if isinstance(m, VoteRequest):
                 core.step(VoteResponse(m.term, m.to, "a", granted=True, pre_vote=m.pre_vote))
         if core.role is Role.LEADER:
@@ -316,7 +306,7 @@ def test_pre_candidate_keeps_its_term_and_asks_for_the_next_one() -> None:
     sent: list[Message] = []
     for _ in range(2 * ELECTION_TICKS):
         core.tick()
-        sent.extend(_drain(core))
+        sent.extend(drain(core))
 
     assert core.role is Role.PRE_CANDIDATE
     assert (core.term, core.vote) == (0, None)
@@ -331,18 +321,17 @@ def test_granting_a_pre_vote_changes_neither_term_nor_vote() -> None:
     core.step(VoteRequest(1, "c", "b", last_log_index=0, last_log_term=0, pre_vote=True))
 
     assert (core.term, core.vote) == (0, None)
-    assert _drain(core) == [VoteResponse(1, "b", "c", granted=True, pre_vote=True)]
+    assert drain(core) == [VoteResponse(1, "b", "c", granted=True, pre_vote=True)]
 
 
 def test_pre_vote_majority_starts_a_real_election() -> None:
     core = _core("b")
-    while core.role is not Role.PRE_CANDIDATE:
-        core.tick()
-    _drain(core)
+    tick_until(core, lambda c: c.role is Role.PRE_CANDIDATE, "a pre-vote campaign")
+    drain(core)
 
     core.step(VoteResponse(1, "a", "b", granted=True, pre_vote=True))
 
     assert (core.role, core.term, core.vote) == (Role.CANDIDATE, 1, "b")
-    requests = [m for m in _drain(core) if isinstance(m, VoteRequest)]
+    requests = [m for m in drain(core) if isinstance(m, VoteRequest)]
     assert {m.to for m in requests} == {"a", "c"}
     assert all(not m.pre_vote and m.term == 1 for m in requests)

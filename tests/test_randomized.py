@@ -18,8 +18,11 @@ from catga_sync.testing import InvariantViolation, run_random
 SEEDS = int(os.environ.get("CATGA_SIM_SEEDS", "2000"))
 STEPS = int(os.environ.get("CATGA_SIM_STEPS", "300"))
 CHUNKS = max(1, min(40, SEEDS // 50))
+CHUNK_TIMEOUT = max(120, SEEDS // CHUNKS * STEPS // 1000)
+"""Seconds one chunk may take: a step costs about 0.1 ms here, so 1 ms each is ten times that."""
 
 
+@pytest.mark.timeout(CHUNK_TIMEOUT)
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_random_schedules_keep_every_invariant(chunk: int) -> None:
     failures: list[str] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers.core import drain_reads, elect
 
 from catga_sync.errors import NoLeaderError
 from catga_sync.raft import (
@@ -29,8 +30,6 @@ from catga_sync.raft import (
     ReadIndexResponse,
     ReadState,
     Role,
-    VoteRequest,
-    VoteResponse,
 )
 from catga_sync.testing import SimulatedCluster
 
@@ -53,40 +52,16 @@ def _contexts(cluster: SimulatedCluster, node: str) -> list[str]:
 # -- one core, driven by hand ----------------------------------------------------------------------
 
 
-def _drain(core: RaftCore) -> tuple[list[Message], list[ReadState]]:
-    """Play the driver: take every Ready; return what it sends and the reads it releases."""
-    sent: list[Message] = []
-    reads: list[ReadState] = []
-    while core.has_ready():
-        ready = core.ready()
-        sent.extend(ready.early_messages)
-        sent.extend(ready.messages)
-        reads.extend(ready.read_states)
-        core.advance(ready)
-    return sent, reads
-
-
-def _elected(core: RaftCore) -> RaftCore:
-    """Tick ``core`` into leadership, granting every vote it asks for."""
-    while core.role is not Role.LEADER:
-        core.tick()
-        for m in _drain(core)[0]:
-            if isinstance(m, VoteRequest):
-                core.step(VoteResponse(m.term, m.to, core.id, granted=True, pre_vote=m.pre_vote))
-    _drain(core)
-    return core
-
-
 def _new_leader_a() -> RaftCore:
     """Node a, just elected leader of {a, b, c} in term 1; its no-op (index 1) not yet acked."""
-    return _elected(RaftCore(RaftConfig("a", Membership(frozenset("abc"))), rng=random.Random(0)))
+    return elect(RaftCore(RaftConfig("a", Membership(frozenset("abc"))), rng=random.Random(0)))
 
 
 def _leader_a() -> RaftCore:
     """Node a, leader of term 1 with its no-op committed (acknowledged by b)."""
     core = _new_leader_a()
     core.step(AppendResponse(core.term, "b", "a", index=1))
-    _drain(core)
+    drain_reads(core)
     assert core.commit_index == 1
     return core
 
@@ -133,43 +108,43 @@ def test_leader_sends_a_heartbeat_round_and_counts_a_majority() -> None:
     leader = _leader_a()
 
     leader.read_index("r1")
-    sent, reads = _drain(leader)
+    sent, reads = drain_reads(leader)
     (token,) = _round_tokens(sent)
     assert {m.to for m in _read_heartbeats(sent)} == {"b", "c"}
     assert reads == []
 
     leader.step(HeartbeatResponse(1, "c", "a", token))
-    assert _drain(leader)[1] == [ReadState("r1", 1)]
+    assert drain_reads(leader)[1] == [ReadState("r1", 1)]
     leader.step(HeartbeatResponse(1, "b", "a", token))
-    assert _drain(leader)[1] == [], "answered once"
+    assert drain_reads(leader)[1] == [], "answered once"
 
 
 def test_plain_heartbeat_responses_do_not_confirm_a_read() -> None:
     leader = _leader_a()
     leader.read_index("r1")
-    _drain(leader)
+    drain_reads(leader)
 
     leader.step(HeartbeatResponse(1, "b", "a", ""))
     leader.step(AppendResponse(1, "c", "a", index=1))
 
-    assert _drain(leader)[1] == []
+    assert drain_reads(leader)[1] == []
 
 
 def test_learner_acknowledgements_do_not_confirm_a_read() -> None:
     config = RaftConfig("a", Membership(frozenset("abc"), frozenset("d")))
-    leader = _elected(RaftCore(config, rng=random.Random(0)))
+    leader = elect(RaftCore(config, rng=random.Random(0)))
     leader.step(AppendResponse(1, "b", "a", index=1))
-    _drain(leader)
+    drain_reads(leader)
     leader.read_index("r1")
-    sent = _drain(leader)[0]
+    sent = drain_reads(leader)[0]
     token = _round_token(sent)
     assert "d" in {m.to for m in _read_heartbeats(sent)}
 
     leader.step(HeartbeatResponse(1, "d", "a", token))
-    assert _drain(leader)[1] == [], "a (voter) + d (learner) is not a majority of voters"
+    assert drain_reads(leader)[1] == [], "a (voter) + d (learner) is not a majority of voters"
     leader.step(HeartbeatResponse(1, "c", "a", token))
 
-    assert _drain(leader)[1] == [ReadState("r1", 1)]
+    assert drain_reads(leader)[1] == [ReadState("r1", 1)]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -205,29 +180,29 @@ def test_new_leader_answers_only_once_its_no_op_commits() -> None:
     (index 3) commits, and only then starts the heartbeat round."""
     persisted = PersistedState(HardState(1, None, 1), None, (Entry(1, 1), Entry(2, 1, b"x")))
     config = RaftConfig("a", Membership(frozenset("abc")))
-    leader = _elected(RaftCore(config, rng=random.Random(0), persisted=persisted))
+    leader = elect(RaftCore(config, rng=random.Random(0), persisted=persisted))
     assert (leader.term, leader.commit_index, leader.log.last_index) == (2, 1, 3)
 
     leader.read_index("r1")
-    assert _read_heartbeats(_drain(leader)[0]) == []
+    assert _read_heartbeats(drain_reads(leader)[0]) == []
     leader.step(AppendResponse(2, "b", "a", index=3))
-    sent = _drain(leader)[0]
+    sent = drain_reads(leader)[0]
     assert {m.to for m in _read_heartbeats(sent)} == {"b", "c"}
     leader.step(HeartbeatResponse(2, "c", "a", _round_token(sent)))
 
-    assert _drain(leader)[1] == [ReadState("r1", 3)]
+    assert drain_reads(leader)[1] == [ReadState("r1", 3)]
 
 
 def test_reads_are_dropped_when_the_leader_steps_down() -> None:
     leader = _leader_a()
     leader.read_index("r1")
-    token = _round_token(_drain(leader)[0])
+    token = _round_token(drain_reads(leader)[0])
 
     leader.step(Heartbeat(2, "b", "a", commit=1))  # b leads term 2 now
     leader.step(HeartbeatResponse(2, "c", "a", token))
 
     assert leader.role is Role.FOLLOWER
-    assert _drain(leader)[1] == []
+    assert drain_reads(leader)[1] == []
 
 
 def test_single_voter_answers_at_once() -> None:
@@ -246,11 +221,11 @@ def test_one_confirmation_answers_every_earlier_read() -> None:
     leader = _leader_a()
     for context in ("r1", "r2", "r3"):
         leader.read_index(context)
-    _, _, third = _round_tokens(_drain(leader)[0])
+    _, _, third = _round_tokens(drain_reads(leader)[0])
 
     leader.step(HeartbeatResponse(1, "b", "a", third))
 
-    assert _drain(leader)[1] == [ReadState("r1", 1), ReadState("r2", 1), ReadState("r3", 1)]
+    assert drain_reads(leader)[1] == [ReadState("r1", 1), ReadState("r2", 1), ReadState("r3", 1)]
 
 
 def test_a_confirmation_does_not_answer_later_reads() -> None:
@@ -258,15 +233,15 @@ def test_a_confirmation_does_not_answer_later_reads() -> None:
     leader.read_index("r1")
     leader.propose(b"x")
     leader.read_index("r2")
-    first, second = _round_tokens(_drain(leader)[0])
+    first, second = _round_tokens(drain_reads(leader)[0])
 
     leader.step(HeartbeatResponse(1, "b", "a", first))
-    assert _drain(leader)[1] == [ReadState("r1", 1)]
+    assert drain_reads(leader)[1] == [ReadState("r1", 1)]
     leader.step(AppendResponse(1, "b", "a", index=2))
-    _drain(leader)
+    drain_reads(leader)
     leader.step(HeartbeatResponse(1, "c", "a", second))
 
-    assert _drain(leader)[1] == [ReadState("r2", 1)], "r2's index is the commit when it came"
+    assert drain_reads(leader)[1] == [ReadState("r2", 1)], "r2's index is the commit when it came"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -291,17 +266,17 @@ def test_an_acknowledgement_of_an_earlier_round_does_not_confirm_a_later_read() 
     leader deposed in between would serve a stale read."""
     leader = _leader_a()
     leader.read_index("r")
-    first_ack = HeartbeatResponse(1, "b", "a", _round_token(_drain(leader)[0]))
+    first_ack = HeartbeatResponse(1, "b", "a", _round_token(drain_reads(leader)[0]))
     leader.step(first_ack)
-    assert _drain(leader)[1] == [ReadState("r", 1)]
+    assert drain_reads(leader)[1] == [ReadState("r", 1)]
 
     leader.read_index("r")
-    second_round = _round_token(_drain(leader)[0])
+    second_round = _round_token(drain_reads(leader)[0])
     leader.step(first_ack)  # the network delivers the old ack a second time
 
-    assert _drain(leader)[1] == [], "no ack of the new round has arrived yet"
+    assert drain_reads(leader)[1] == [], "no ack of the new round has arrived yet"
     leader.step(HeartbeatResponse(1, "c", "a", second_round))
-    assert _drain(leader)[1] == [ReadState("r", 1)], "an ack of the new round confirms it"
+    assert drain_reads(leader)[1] == [ReadState("r", 1)], "an ack of the new round confirms it"
 
 
 @pytest.mark.parametrize("context", ["r1", "1.2", "2.1"])
@@ -311,28 +286,28 @@ def test_an_ack_carrying_the_callers_context_confirms_nothing(context: str) -> N
     another round) does not confirm the read; only an ack of the round's token does."""
     leader = _leader_a()
     leader.read_index(context)
-    sent = _drain(leader)[0]
+    sent = drain_reads(leader)[0]
     token = _round_token(sent)
     assert context not in {m.context for m in sent if isinstance(m, Heartbeat)}
 
     leader.step(HeartbeatResponse(1, "b", "a", context))
     leader.step(HeartbeatResponse(1, "c", "a", context))
-    assert _drain(leader)[1] == [], "the caller's context is not a round token"
+    assert drain_reads(leader)[1] == [], "the caller's context is not a round token"
     leader.step(HeartbeatResponse(1, "c", "a", token))
 
-    assert _drain(leader)[1] == [ReadState(context, 1)]
+    assert drain_reads(leader)[1] == [ReadState(context, 1)]
 
 
 def test_reads_from_two_followers_with_the_same_context_are_both_answered() -> None:
     leader = _leader_a()
     leader.step(ReadIndexRequest(1, "b", "a", "1"))  # each follower numbers its own reads
     leader.step(ReadIndexRequest(1, "c", "a", "1"))
-    tokens = _round_tokens(_drain(leader)[0])
+    tokens = _round_tokens(drain_reads(leader)[0])
 
     for token in tokens:  # b and c each acknowledge every heartbeat of both rounds
         leader.step(HeartbeatResponse(1, "b", "a", token))
         leader.step(HeartbeatResponse(1, "c", "a", token))
-    answers = [m for m in _drain(leader)[0] if isinstance(m, ReadIndexResponse)]
+    answers = [m for m in drain_reads(leader)[0] if isinstance(m, ReadIndexResponse)]
 
     assert sorted(answers, key=lambda m: m.to) == [
         ReadIndexResponse(1, "a", "b", "1", 1),
@@ -358,23 +333,23 @@ def test_follower_read_is_answered_with_the_leaders_commit_index(seed: int) -> N
 def test_follower_forwards_its_read_to_the_leader() -> None:
     follower = RaftCore(RaftConfig("b", Membership(frozenset("abc"))), rng=random.Random(0))
     follower.step(Heartbeat(1, "a", "b", commit=0))
-    _drain(follower)
+    drain_reads(follower)
 
     follower.read_index("f1")
-    sent, reads = _drain(follower)
+    sent, reads = drain_reads(follower)
     assert sent == [ReadIndexRequest(1, "b", "a", "f1")]
     assert reads == []
 
     follower.step(ReadIndexResponse(1, "a", "b", "f1", 7))
-    assert _drain(follower)[1] == [ReadState("f1", 7)]
+    assert drain_reads(follower)[1] == [ReadState("f1", 7)]
 
 
 def test_leader_answers_a_forwarded_read_with_a_response_not_a_read_state() -> None:
     leader = _leader_a()
 
     leader.step(ReadIndexRequest(1, "b", "a", "f1"))
-    leader.step(HeartbeatResponse(1, "c", "a", _round_token(_drain(leader)[0])))
-    sent, reads = _drain(leader)
+    leader.step(HeartbeatResponse(1, "c", "a", _round_token(drain_reads(leader)[0])))
+    sent, reads = drain_reads(leader)
 
     assert reads == []
     assert ReadIndexResponse(1, "a", "b", "f1", 1) in sent

@@ -1035,8 +1035,11 @@ def test_a_campaign_overtaken_by_a_later_term_on_a_slow_disk_is_no_violation() -
     node, other = followers_of(cluster, leader)
     cluster.isolate(node)
     cluster.ready_lag = 1.0  # the disk stalls: every Ready waits for flush()
-    while cluster.core(node).role is not Role.CANDIDATE:
+    for _ in range(1000):  # not run_until: its flush() would un-stall the disk
+        if cluster.core(node).role is Role.CANDIDATE:
+            break
         cluster.step()
+    assert cluster.core(node).role is Role.CANDIDATE, "it never campaigned"
     core = cluster.core(node)
     term = core.term
     core.step(VoteRequest(term + 1, other, node, core.log.last_index, core.log.last_term))

@@ -9,12 +9,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import pytest
-from e2e.harness import poll
 from flask import Flask
+from helpers import LocalCluster, poll
 
 from catga_sync.config import ClusterConfig
 from catga_sync.errors import CatgaError
@@ -22,8 +21,6 @@ from catga_sync.node import ClusterNode, NodeStatus
 from catga_sync.raft import Role
 from catga_sync.runtime import Extension
 from catga_sync.singleton import SingletonTaskRunner, SingletonTasks, TaskContext, describe
-from catga_sync.storage import MemoryStorage
-from catga_sync.transport.memory import MemoryNetwork, MemoryTransport
 from catga_sync.web.extension import CatgaCluster
 
 WAIT = 10.0
@@ -76,52 +73,19 @@ class Recorder:
 # Three real nodes on the memory network
 
 
-class Cluster:
+class Cluster(LocalCluster):
+    """Three nodes on the memory network, each running the recorder's task as "outbox". Its
+    :meth:`leader` is the leader of the newest term (an old one may not know it yet)."""
+
     def __init__(self, recorder: Recorder) -> None:
-        self.network = MemoryNetwork()
         self.recorder = recorder
-        self.storages: dict[str, MemoryStorage] = {}
-        self.nodes: dict[str, ClusterNode] = {}
+        super().__init__(3, endpoints=ENDPOINTS, setup=self._add_task, wait=WAIT)
 
-    def start_node(self, k: int) -> ClusterNode:
-        config = ClusterConfig(
-            local_node_endpoint=ENDPOINTS[k],
-            members=tuple(ENDPOINTS),
-            node_id=f"node{k}",
-            election_timeout=timedelta(milliseconds=150),
-            heartbeat_interval=timedelta(milliseconds=50),
-        )
-        node = ClusterNode(
-            config,
-            storage=self.storages.setdefault(config.node_id, MemoryStorage(config.node_id)),
-            transport=MemoryTransport(self.network, config.raft_id, config.node_id),
-            serve_http=False,
-        )
+    def _add_task(self, node: ClusterNode) -> None:
         SingletonTasks.of(node).add(self.recorder.task(node.node_id), name="outbox")
-        self.network.unregister(node.raft_id)
-        self.network.register(node)
-        self.nodes[node.node_id] = node
-        return node.start()
 
-    def crash(self, node: ClusterNode) -> None:
-        node.stop(transfer=False)
-        self.network.unregister(node.raft_id)
-
-    def leader(self, *, above: int = 0, other_than: ClusterNode | None = None) -> ClusterNode:
-        def find() -> ClusterNode | None:
-            leaders = [
-                n
-                for n in self.nodes.values()
-                if n.status.is_leader and n.status.term > above and n is not other_than
-            ]
-            return max(leaders, key=lambda n: n.status.term) if leaders else None
-
-        found: ClusterNode = eventually(find, "a leader")
-        return found
-
-    def stop(self) -> None:
-        for node in self.nodes.values():
-            node.stop(transfer=False)
+    def leader(self, timeout: float | None = None, **options: Any) -> ClusterNode:
+        return super().leader(timeout, **{"unique": False, **options})
 
 
 @pytest.fixture
@@ -131,9 +95,7 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def cluster(recorder: Recorder) -> Iterator[Cluster]:
-    c = Cluster(recorder)
-    for k in range(3):
-        c.start_node(k)
+    c = Cluster(recorder).start()
     try:
         yield c
     finally:

@@ -13,15 +13,13 @@ from typing import Any
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from e2e.harness import poll
 from flask import Flask
+from helpers import LocalCluster, poll
 
 from catga_sync.config import ClusterConfig
 from catga_sync.errors import ConfigError
 from catga_sync.jobs import JobContext, JobRuns, LeaderJobs, describe
 from catga_sync.node import ClusterNode
-from catga_sync.storage import MemoryStorage
-from catga_sync.transport.memory import MemoryNetwork, MemoryTransport
 from catga_sync.web.extension import CatgaCluster
 
 WAIT = 10.0
@@ -59,45 +57,15 @@ class Runs:
         assert all(len(nodes) == 1 for nodes in by_term.values()), by_term
 
 
-class Cluster:
+class Cluster(LocalCluster):
+    """Three nodes on the memory network."""
+
     def __init__(self) -> None:
-        self.network = MemoryNetwork()
-        self.nodes: dict[str, ClusterNode] = {}
-
-    def start(self) -> None:
-        for k in range(3):
-            config = ClusterConfig(
-                local_node_endpoint=ENDPOINTS[k],
-                members=tuple(ENDPOINTS),
-                node_id=f"node{k}",
-                election_timeout=timedelta(milliseconds=150),
-                heartbeat_interval=timedelta(milliseconds=50),
-            )
-            node = ClusterNode(
-                config,
-                storage=MemoryStorage(config.node_id),
-                transport=MemoryTransport(self.network, config.raft_id, config.node_id),
-                serve_http=False,
-            )
-            self.network.register(node)
-            self.nodes[node.node_id] = node.start()
-
-    def leader(self, *, above: int = 0) -> ClusterNode:
-        def find() -> ClusterNode | None:
-            leaders = [n for n in self.nodes.values() if n.status.is_leader]
-            leaders = [n for n in leaders if n.status.term > above]
-            return leaders[0] if len(leaders) == 1 else None
-
-        found: ClusterNode = eventually(find, "one leader")
-        return found
+        super().__init__(3, endpoints=ENDPOINTS, wait=WAIT)
 
     def add_everywhere(self, runs: Runs, **options: Any) -> None:
-        for node in self.nodes.values():
+        for node in self.nodes:
             LeaderJobs.of(node).add_job(runs.job(node.node_id), id="purge", **options)
-
-    def stop(self) -> None:
-        for node in self.nodes.values():
-            node.stop(transfer=False)
 
 
 @pytest.fixture
@@ -127,7 +95,7 @@ def test_a_gated_job_runs_on_the_leader_only_and_is_paused_on_followers(
     eventually(lambda: len(runs.of(leader.node_id)) >= 3, "three runs on the leader")
     assert {node for node, _, _ in runs.runs} == {leader.node_id}
     assert all(term == leader.status.term for _, term, _ in runs.runs)
-    for node in cluster.nodes.values():
+    for node in cluster.nodes:
         if node is not leader:
             assert aps_job(node).next_run_time is None  # paused
     assert aps_job(leader).next_run_time is not None
@@ -138,13 +106,13 @@ def test_a_gated_job_runs_on_the_leader_only_and_is_paused_on_followers(
     assert all(s >= 1 - 1e-3 and abs(s - round(s)) < 4e-3 for s in steps), steps
     assert LeaderJobs.of(leader).stats.leader_job_misses >= sum(round(s) - 1 for s in steps)
     # Every node applied the record of the leader's runs.
-    for node in cluster.nodes.values():
+    for node in cluster.nodes:
         eventually(lambda n=node: record(n) is not None, "the record everywhere")
     assert LeaderJobs.of(leader).stats.leader_job_runs >= 3
     (state,) = describe(leader)
     assert state["id"] == "purge" and state["state"] in ("scheduled", "running")
     assert state["fencing_token"] == leader.status.term
-    follower_state = describe(next(n for n in cluster.nodes.values() if n is not leader))[0]
+    follower_state = describe(next(n for n in cluster.nodes if n is not leader))[0]
     assert follower_state["state"] == "paused"
 
 
@@ -241,11 +209,12 @@ def test_a_users_scheduler_with_a_persistent_job_store(cluster: Cluster, tmp_pat
         node_id: BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{tmp_path}/{node_id}.db")}
         )
-        for node_id in cluster.nodes
+        for node_id in (node.node_id for node in cluster.nodes)
     }
     runs = Runs()
     try:
-        for node_id, node in cluster.nodes.items():
+        for node in cluster.nodes:
+            node_id = node.node_id
             schedulers[node_id].start()
             jobs = LeaderJobs.of(node)
             jobs.scheduled_job(
@@ -263,7 +232,7 @@ def test_a_users_scheduler_with_a_persistent_job_store(cluster: Cluster, tmp_pat
 
 
 def test_options_that_would_break_the_semantics_are_refused(cluster: Cluster) -> None:
-    jobs = LeaderJobs.of(cluster.nodes["node0"])
+    jobs = LeaderJobs.of(cluster.nodes[0])
     for options, message in [
         ({"jitter": 5}, "jitter"),
         ({"coalesce": False}, "coalesce"),
@@ -272,7 +241,7 @@ def test_options_that_would_break_the_semantics_are_refused(cluster: Cluster) ->
     ]:
         with pytest.raises(ConfigError, match=message):
             jobs.add_job(print, "interval", id="bad", seconds=1, **options)
-    assert describe(cluster.nodes["node0"]) == []
+    assert describe(cluster.nodes[0]) == []
 
 
 def test_the_extension_gates_jobs_and_shows_them_in_cluster_and_metrics() -> None:
@@ -310,7 +279,6 @@ def test_module_level_registrations_apply_to_every_app_the_extension_joins() -> 
     any app exists (the Flask idiom), register on each app's node at init_app."""
     from flask import Flask
 
-    from catga_sync.config import ClusterConfig
     from catga_sync.errors import ConfigError
     from catga_sync.jobs import LeaderJobs
     from catga_sync.singleton import SingletonTasks

@@ -7,31 +7,33 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    from helpers.wait import free_ports, poll
+except ModuleNotFoundError:  # imported as tests.e2e.harness, from the repository root (benchmarks)
+    from tests.helpers.wait import free_ports, poll
+
+__all__ = [
+    "ROOT",
+    "ExampleCluster",
+    "NodeProcess",
+    "cluster_status",
+    "free_ports",
+    "get_json",
+    "leader_among",
+    "poll",
+    "running_cluster",
+]
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def get_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:
@@ -42,23 +44,6 @@ def get_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
     except http.client.HTTPException as exc:  # a process killed mid-answer
         raise ConnectionError(f"{url}: {exc!r}") from exc
-
-
-def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll until ``predicate()`` returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError) as exc:
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
-    )
 
 
 @dataclass

@@ -453,7 +453,10 @@ def test_the_lock_is_free_again_once_its_holder_is_killed(sql_backend: Backend) 
 
 def test_other_nodes_are_not_locked_out(sql_backend: Backend) -> None:
     sql_backend.spawn_holder("node1")
-    sql_backend.make("node2").open()
+    state = sql_backend.make("node2").open()  # not refused: the lock is node1's alone
+    assert state == EMPTY  # and node2's own state, empty
+    with pytest.raises(StorageError, match="node 'node1' is already running"):
+        sql_backend.make("node1").open()  # while node1 stays locked
 
 
 def test_a_process_that_lost_its_lock_cannot_overwrite_the_new_owner(sql_backend: Backend) -> None:
