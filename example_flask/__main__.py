@@ -17,9 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from catga_sync.config import ClusterConfig
-from catga_sync.errors import CatgaError
-from catga_sync.web.extension import CatgaCluster
+from catga_sync import CatgaCluster, CatgaError, ClusterConfig
 from catga_sync.web.worker_app import make_threaded_server
 
 from . import create_app
