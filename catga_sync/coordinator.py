@@ -36,7 +36,8 @@ class ClusterCoordinator(Extension):
     Callbacks run on the coordinator's own event thread, in order, never on the Raft loop: a
     slow or failing callback delays other callbacks but never the cluster, and an exception in
     one is logged and harms nothing. A node re-elected in a newer term without a status in
-    between gets a loss and a gain, so a callback always sees the term it leads in change.
+    between gets a loss and a gain, so a callback always sees the term it leads in change. The
+    thread starts with the first event and ends once the node has stopped.
 
     An extension of the node (``node.extensions["coordinator"]``); ``ClusterNode`` installs
     it, and ``node.coordinator`` or ``ClusterCoordinator.of(node)`` returns it.
@@ -46,7 +47,7 @@ class ClusterCoordinator(Extension):
 
     def __init__(self, node: NodeHandle | None = None) -> None:
         self._callbacks: list[LeadershipCallback] = []
-        self._events: queue.SimpleQueue[tuple[bool, int]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[bool, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         if node is not None:
             node.add_extension(self)
@@ -64,12 +65,6 @@ class ClusterCoordinator(Extension):
 
     def install(self, node: NodeHandle) -> None:
         self._node = node
-        # The thread lives as long as the process: the "leadership lost" of a node stopping
-        # arrives after the extensions stopped, and must still be delivered.
-        self._thread = threading.Thread(
-            target=self._deliver, name=f"catga-events-{node.node_id}", daemon=True
-        )
-        self._thread.start()
         LeadershipWatch(node, self._on_leadership)
 
     # -- the guide's properties ---------------------------------------------------------------
@@ -144,10 +139,22 @@ class ClusterCoordinator(Extension):
             self._events.put((False, term))
         if change.elected:
             self._events.put((True, term))
+        if change.stopped:
+            self._events.put(None)  # the node leads no more: the thread ends after these
+        if self._thread is None and (change.lost or change.elected):
+            # Started on the first event (on the Raft loop, once per node), not at install:
+            # a node that never led costs no thread.
+            self._thread = threading.Thread(
+                target=self._deliver, name=f"catga-events-{self._node.node_id}", daemon=True
+            )
+            self._thread.start()
 
     def _deliver(self) -> None:
         while True:
-            is_leader, term = self._events.get()
+            event = self._events.get()
+            if event is None:
+                return
+            is_leader, term = event
             signal = leader_elected if is_leader else leader_lost
             try:
                 signal.send(self, term=term)

@@ -45,7 +45,7 @@ from .errors import (
 )
 from .fsm import error_type_name, rebuild_error
 from .idempotency import IdempotencyTable
-from .mediator import Next, current_dispatch
+from .mediator import Mediator, Next, current_dispatch
 from .runtime.extension import Extension
 
 # The wire format and the HTTP client moved beside the other peer requests in transport/;
@@ -64,7 +64,6 @@ from .transport.forward_wire import encode_forward_request as encode_forward_req
 from .transport.forward_wire import fingerprint as fingerprint
 
 if TYPE_CHECKING:
-    from .mediator import Mediator
     from .runtime.extension import NodeHandle
 
 __all__ = [
@@ -324,6 +323,11 @@ class ForwardingGuard(Extension):
     name = "forwarding"
 
     def __init__(self, mediator: Mediator | None = None) -> None:
+        if mediator is not None and not isinstance(mediator, Mediator):
+            raise TypeError(
+                f"ForwardingGuard takes the mediator whose commands it runs, not "
+                f"{type(mediator).__name__} (it is installed with node.add_extension)"
+            )
         self.mediator = mediator
         self._mutex = threading.Lock()
         self._locks: dict[str, list[Any]] = {}  # key -> [lock, users]

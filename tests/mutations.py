@@ -70,6 +70,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{CONTRACT}::test_no_vote_or_acknowledgement_leaves_before_the_disk_has_it",),
     ),
     Mutation(
+        "every write without an fsync (terms, votes and entries too)",
+        "catga_sync/runtime/loop.py",
+        "            sync=sync,\n"
+        "        )\n",
+        "            sync=False,  # MUTATED: nothing is fsynced\n"
+        "        )\n",
+        (f"{CONTRACT}::test_no_vote_or_acknowledgement_leaves_before_the_disk_has_it",),
+    ),
+    Mutation(
         "no ProposalDroppedError for a proposal overwritten by a new leader",
         "catga_sync/runtime/loop.py",
         "            if waiter.term != entry.term:\n",

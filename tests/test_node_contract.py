@@ -111,6 +111,27 @@ def test_the_checker_flags_an_acknowledgement_the_disk_does_not_have() -> None:
         checker.assert_clean()
 
 
+def test_the_checker_flags_anything_but_a_commit_index_written_without_an_fsync() -> None:
+    checker = ContractChecker()
+    storage = checker.storage(MemoryStorage("b"), "b")
+    storage.open()
+
+    def persist(hard: HardState | None, entries: tuple[Entry, ...] = (), sync: bool = True) -> None:
+        storage.persist(
+            hard_state=hard, entries=entries, snapshot=None, snapshot_replaces_log=False, sync=sync
+        )
+
+    persist(HardState(1, "b", 0))
+    persist(HardState(1, "b", 1), sync=False)  # a commit index alone: allowed
+    assert checker.violations == [] and checker.checked["unsynced write"] == 1
+    persist(HardState(2, "b", 1), sync=False)  # a new term
+    assert "wrote term 2 and vote b without an fsync" in checker.violations[-1]
+    persist(None, (Entry(1, 2),), sync=False)  # entries
+    assert "wrote 1 entries without an fsync" in checker.violations[-1]
+    with pytest.raises(AssertionError):
+        checker.assert_clean()
+
+
 def test_no_vote_or_acknowledgement_leaves_before_the_disk_has_it(
     storage: str, tmp_path: Path
 ) -> None:

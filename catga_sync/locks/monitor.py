@@ -87,12 +87,11 @@ class LeaseMonitor(Extension):
 
     def __init__(
         self,
-        node: NodeHandle | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         run_thread: bool = True,
     ) -> None:
-        self._node = node
+        self._node: NodeHandle | None = None
         self.clock = clock
         self._run_thread = run_thread
         self._cond = threading.Condition()

@@ -2,7 +2,7 @@
 
 It knows no feature and nothing of Flask: it imports only :mod:`catga_sync.raft`,
 :mod:`catga_sync.fsm`, :mod:`catga_sync.config`, :mod:`catga_sync.errors`,
-:mod:`catga_sync.storage` and :mod:`catga_sync.transport` (``tests/test_layers.py`` keeps it so).
+:mod:`catga_sync.storage` and :mod:`catga_sync.transport` (``tests/test_purity.py`` keeps it so).
 
 - :mod:`.node`: :class:`RaftNode`, the lifecycle; :mod:`.calls`, what other threads ask of it;
 - :mod:`.loop`: the Raft loop, persist → send → apply → advance;

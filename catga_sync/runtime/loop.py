@@ -121,6 +121,10 @@ class RaftLoop:
         self._tick_origin = time.monotonic()
         self._ticks_done = 0
         self.failure: BaseException | None = None
+        self._stop_error: BaseException = CatgaError(f"node {node_id} stopped")
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._exit_callbacks: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name=f"catga-raft-{node_id}", daemon=True)
 
     # -- from other threads ---------------------------------------------------------------------
@@ -130,17 +134,29 @@ class RaftLoop:
         self._ticks_done = 0
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> bool:
-        """Ask the loop to stop after the batch at hand; True once it has (the storage is
-        then free to close)."""
+    def stop(self, error: BaseException, timeout: float = 5.0) -> bool:
+        """Ask the loop to stop after the batch at hand, failing every caller still waiting
+        with ``error``; True once it has stopped (the storage is then free to close). A loop
+        that does not stop within ``timeout`` (a persist that hangs) stops on its own once the
+        batch ends, and runs :meth:`after_exit` callbacks then."""
+        self._stop_error = error
         thread = self._thread
         if not thread.is_alive():
+            self.fail_waiters(error)  # never started, or already ended: nobody else runs it
             return True
         if thread is threading.current_thread():
             return False
         self._inbox.put(STOP)
         thread.join(timeout)
         return not thread.is_alive()
+
+    def after_exit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop's thread when it ends (at once if it has ended)."""
+        with self._exit_lock:
+            if not self._exited:
+                self._exit_callbacks.append(callback)
+                return
+        callback()
 
     def put(self, event: object) -> None:
         """Queue a peer message, a :class:`Call`, a :class:`Proposal`, a reply slot or TICK."""
@@ -163,37 +179,8 @@ class RaftLoop:
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        core, inbox, tick = self.core, self._inbox, self._tick_seconds
         try:
-            while True:
-                wake = self._tick_origin + (self._ticks_done + 1) * tick
-                parked = self.outbox.next_deadline()
-                if parked is not None:
-                    wake = min(wake, parked)
-                try:
-                    event = inbox.get(timeout=max(0.0, wake - time.monotonic()))
-                except queue.Empty:
-                    event = TICK
-                if event is STOP:
-                    return
-                self._handle(core, event)
-                # Drain what else arrived, so one Ready (one transaction) covers the batch.
-                for _ in range(4096):
-                    try:
-                        event = inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if event is STOP:
-                        self._append_proposals(core)
-                        self._process_ready(core)
-                        return
-                    self._handle(core, event)
-                self._append_proposals(core)
-                self._tick(core)
-                self._process_ready(core)
-                self.outbox.flush_due(time.monotonic())
-                if self.outbox.has_open_slots:
-                    self.outbox.close_slots()
+            self._serve()
         except BaseException as exc:  # a storage failure or a bug: stop, loudly
             self.failure = exc
             log.critical(
@@ -204,6 +191,50 @@ class RaftLoop:
             )
             self.fail_waiters(CatgaError(f"node {self.node_id} failed: {exc}"))
             self._published(None)
+        else:
+            self.fail_waiters(self._stop_error)  # on this thread: it owns the waiters
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                callbacks, self._exit_callbacks = self._exit_callbacks, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("node %s: cleanup after the Raft loop failed", self.node_id)
+
+    def _serve(self) -> None:
+        """Handle events, batch by batch, until STOP."""
+        core, inbox, tick = self.core, self._inbox, self._tick_seconds
+        while True:
+            wake = self._tick_origin + (self._ticks_done + 1) * tick
+            parked = self.outbox.next_deadline()
+            if parked is not None:
+                wake = min(wake, parked)
+            try:
+                event = inbox.get(timeout=max(0.0, wake - time.monotonic()))
+            except queue.Empty:
+                event = TICK
+            if event is STOP:
+                return
+            self._handle(core, event)
+            # Drain what else arrived, so one Ready (one transaction) covers the batch.
+            for _ in range(4096):
+                try:
+                    event = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if event is STOP:
+                    self._append_proposals(core)
+                    self._process_ready(core)
+                    return
+                self._handle(core, event)
+            self._append_proposals(core)
+            self._tick(core)
+            self._process_ready(core)
+            self.outbox.flush_due(time.monotonic())
+            if self.outbox.has_open_slots:
+                self.outbox.close_slots()
 
     def _handle(self, core: RaftCore, event: object) -> None:
         if event is TICK:
@@ -375,7 +406,8 @@ class RaftLoop:
         return True
 
     def fail_waiters(self, error: BaseException) -> None:
-        """Fail every caller still waiting on the loop (it stopped or failed)."""
+        """Fail every caller still waiting on the loop (it stopped or failed). Only the loop's
+        own thread calls this, or another once that thread has ended."""
         self.outbox.clear()
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():

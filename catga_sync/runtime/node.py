@@ -25,12 +25,8 @@ from ..config import ClusterConfig
 from ..errors import (
     AlreadyRegisteredError,
     CatgaError,
-    CommitTimeoutError,
-    ForwardingError,
     NodeNotRunningError,
-    NotLeaderError,
     NotRegisteredError,
-    ProposalDroppedError,
     UsageError,
 )
 from ..fsm import ReplicatedState, StateMachine
@@ -55,12 +51,9 @@ __all__ = ["RaftNode"]
 
 log = logging.getLogger("catga_sync.node")
 
-T = TypeVar("T")
 M = TypeVar("M", bound=StateMachine)
 E = TypeVar("E", bound=Extension)
 N = TypeVar("N", bound="RaftNode")
-
-_RETRYABLE = (NotLeaderError, ProposalDroppedError, ForwardingError, CommitTimeoutError)
 
 
 class RaftNode(NodeCalls):
@@ -109,6 +102,7 @@ class RaftNode(NodeCalls):
         self._lifecycle = threading.Lock()
         self._stopping_event = threading.Event()
         self._started = self._stopping = self._stopped = False
+        self._start_failure: BaseException | None = None
         self._names: dict[str, str] = {self.raft_id: self.node_id}
         self._board = StatusBoard(
             NodeStatus(
@@ -163,9 +157,19 @@ class RaftNode(NodeCalls):
     # Lifecycle
 
     def start(self: N) -> N:
-        """Open storage, start the Raft loop, the pacemaker job and every extension."""
+        """Open storage, start every extension, then the Raft loop and the pacemaker job.
+
+        Extensions start before the loop, so that one that fails (the embedded server's port
+        is taken) fails the start before this node has voted, campaigned or run leader-only
+        work. A start that fails is final: the node releases everything and raises; create a
+        new node to try again."""
         self._fork.check()
         with self._lifecycle:
+            if self._start_failure is not None:
+                raise NodeNotRunningError(
+                    f"node {self.node_id} failed to start ({self._start_failure}); create a "
+                    "new ClusterNode"
+                )
             if self._stopped or self._stopping:
                 raise NodeNotRunningError(
                     f"node {self.node_id} was stopped; create a new ClusterNode"
@@ -175,13 +179,17 @@ class RaftNode(NodeCalls):
             self._started = True
             started: list[Extension] = []
             try:
-                self._start_engine()
+                loop = self._prepare_engine()
                 for extension in self.extensions.values():
                     extension.start()
                     started.append(extension)
-            except BaseException:
+                self._publish_status()  # running, with what the disk holds
+                loop.start()
+                self._pacemaker.start()
+            except BaseException as exc:
+                self._start_failure = exc
+                self._stopped = True
                 self._stop_extensions(started)
-                self._started = False
                 self._release_resources()
                 raise
         log.info(
@@ -194,7 +202,8 @@ class RaftNode(NodeCalls):
         )
         return self
 
-    def _start_engine(self) -> None:
+    def _prepare_engine(self) -> RaftLoop:
+        """Open the storage and build the core, the transport and the loop (not started)."""
         config = self.config
         if config.switch_interval is not None and sys.getswitchinterval() > config.switch_interval:
             # Busy request threads hold the GIL for 5 ms slices by default; the tick job and
@@ -225,7 +234,7 @@ class RaftNode(NodeCalls):
                 reply_receiver=self,
             )
         machines = self.state_machines
-        self._loop = RaftLoop(
+        loop = self._loop = RaftLoop(
             self.node_id,
             core,
             self._storage,
@@ -239,9 +248,7 @@ class RaftNode(NodeCalls):
             snapshot_every=config.snapshot_every,
             published=self._on_batch,
         )
-        self._publish_status()
-        self._loop.start()
-        self._pacemaker.start()
+        return loop
 
     def stop(self, *, transfer: bool = True, timeout: float | None = None) -> None:
         """Stop the node. A leader first hands leadership to its most up-to-date follower, so
@@ -292,14 +299,21 @@ class RaftNode(NodeCalls):
 
     def _release_resources(self) -> None:
         self._pacemaker.stop()
-        loop = self._loop
-        loop_stopped = loop is None or loop.stop()
+        loop, storage = self._loop, self._storage
+        stopped = NodeNotRunningError(f"node {self.node_id} stopped")
+        if loop is not None and not loop.stop(stopped):
+            log.warning(
+                "node %s: the Raft loop did not stop within 5 s (a write that hangs?); it "
+                "stops, and closes the storage, once its batch ends",
+                self.node_id,
+            )
+            if storage is not None:
+                loop.after_exit(storage.close)  # the loop still owns the storage
+            storage = None
         if self._transport is not None:
             self._transport.close()
-        if self._storage is not None and loop_stopped:  # a loop still running owns the storage
-            self._storage.close()
-        if loop is not None:
-            loop.fail_waiters(NodeNotRunningError(f"node {self.node_id} stopped"))
+        if storage is not None:
+            storage.close()
         self._board.publish_running(False)
 
     @property

@@ -99,13 +99,16 @@ class NodeStats:
 class StatusBoard:
     """The node's latest :class:`NodeStatus`, the threads waiting on it, and its listeners.
 
-    Only the Raft loop (and the node's own start and stop) publishes; anyone may read or wait.
+    The Raft loop publishes, and the node's own start and stop; publishing is serialized.
+    Anyone may read or wait; a thread waiting in :meth:`wait_for` when a change comes wakes
+    after the listeners have run.
     """
 
     def __init__(self, initial: NodeStatus, stats: NodeStats) -> None:
         self.status = initial
         self._stats = stats
         self._changed = threading.Condition()
+        self._publishing = threading.RLock()
         self._listeners: list[StatusListener] = []
 
     def add_listener(self, listener: StatusListener) -> None:
@@ -136,22 +139,26 @@ class StatusBoard:
         self.publish(dataclasses.replace(self.status, running=running))
 
     def publish(self, new: NodeStatus) -> None:
-        old = self.status
-        if new == old:
-            return
-        if new.leader_raft_id != old.leader_raft_id and new.leader_raft_id is not None:
-            self._stats.leader_changes += 1
-        if new.role is Role.CANDIDATE and old.role is not Role.CANDIDATE:
-            self._stats.elections += 1
-        with self._changed:
-            self.status = new
-        for listener in list(self._listeners):
-            try:
-                listener(old, new)
-            except Exception:
-                log.exception("status listener %r failed", listener)
-        with self._changed:  # after the listeners: a waiter woken by this change sees their work
-            self._changed.notify_all()
+        # One publisher at a time (the loop, or the node stopping while its loop still runs):
+        # listeners see every change once, in order, never a stale status after a newer one.
+        with self._publishing:
+            old = self.status
+            if new == old:
+                return
+            if new.leader_raft_id != old.leader_raft_id and new.leader_raft_id is not None:
+                self._stats.leader_changes += 1
+            if new.role is Role.CANDIDATE and old.role is not Role.CANDIDATE:
+                self._stats.elections += 1
+            with self._changed:
+                self.status = new
+            for listener in list(self._listeners):
+                try:
+                    listener(old, new)
+                except Exception:
+                    log.exception("status listener %r failed", listener)
+            # After the listeners: a thread already waiting for this change sees their work.
+            with self._changed:
+                self._changed.notify_all()
 
     def wait_for(
         self, predicate: Callable[[NodeStatus], bool], timeout: float, node_id: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from .. import health, metrics
 
 if TYPE_CHECKING:
     from ..runtime.extension import NodeHandle
+
+log = logging.getLogger("catga_sync.web")
 
 
 def cluster_document(node: NodeHandle) -> dict[str, Any]:
@@ -30,7 +33,11 @@ def cluster_document(node: NodeHandle) -> dict[str, Any]:
         "running": status.running,
     }
     for extension in node.extensions.values():
-        document.update(extension.describe())
+        for key, value in extension.describe().items():
+            if key in document:  # a node's own fields are not an extension's to change
+                log.warning("extension %s describes %r, a key already taken", extension.name, key)
+                continue
+            document[key] = value
     return document
 
 

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer
 
+from ..errors import ConfigError
 from ..forwarding import ForwardingGuard
 from ..runtime.extension import Extension
 from .blueprint import create_peer_blueprint
@@ -97,8 +98,16 @@ class EmbeddedServer(Extension):
     def start(self) -> None:
         node = self._node
         parts = urlsplit(node.raft_id)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
         app = create_worker_app(node)  # type: ignore[arg-type]  # the node serves the routes
-        self._server = make_threaded_server(app, parts.hostname or "127.0.0.1", parts.port or 80)
+        try:
+            self._server = make_threaded_server(app, host, port)
+        except (OSError, SystemExit) as exc:  # Werkzeug exits the process when it cannot bind
+            raise ConfigError(
+                f"node {node.node_id} cannot serve its endpoint {node.raft_id}: {host}:{port} "
+                "cannot be bound (is another process, or another node with this endpoint, "
+                "listening there?); stop it or give this node another LocalNodeEndpoint"
+            ) from (exc if isinstance(exc, OSError) else None)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"catga-http-{node.node_id}", daemon=True
         )

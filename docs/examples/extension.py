@@ -50,6 +50,7 @@ node = ClusterNode(config, storage=MemoryStorage("solo"), serve_http=False)
 log = node.add_extension(LeadershipLog())  # before start: it must see every change
 with node:
     node.wait_for(lambda status: status.is_leader, timeout=10)
+    node.run_on_loop(lambda: None)  # a barrier: the loop's listeners have run
     document = cluster_document(node)
     metrics = render(node)[0].decode()
     line = next(m for m in metrics.splitlines() if m.startswith("catga_terms_led_total"))

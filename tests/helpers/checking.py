@@ -15,7 +15,10 @@ pair of wrappers around each node's ports:
   * an AppendResponse acknowledging index i leaves only once entries up to i are on disk, the
     one at i in the term the leader of that term sent for i (log matching: then the whole prefix
     matches);
-  * a SnapshotResponse saying "installed" leaves only once the snapshot is on disk.
+  * a SnapshotResponse saying "installed" leaves only once the snapshot is on disk;
+
+  and, as each persist returns, that nothing but a new commit index was written without an
+  fsync (``sync=False``): a term, a vote, entries or a snapshot must survive a power loss.
 
 A violation is recorded (and logged), never raised into the node's Raft loop: the loop would die
 of it and hide the cause. :meth:`ContractChecker.assert_clean` fails with every violation; the
@@ -165,7 +168,11 @@ class ContractChecker:
 
     def persisted(self, raft_id: str, **persist: Any) -> None:
         with self._lock:
-            self._images.setdefault(raft_id, DurableImage()).persisted(
+            image = self._images.setdefault(raft_id, DurableImage())
+            if not persist.get("sync", True):
+                self.checked["unsynced write"] += 1
+                self._check_unsynced(raft_id, image, persist)
+            image.persisted(
                 persist["hard_state"],
                 persist["entries"],
                 persist["snapshot"],
@@ -185,6 +192,22 @@ class ContractChecker:
                     self._check(sender, image, m)
 
     # -- the checks ----------------------------------------------------------------------------
+
+    def _check_unsynced(self, raft_id: str, image: DurableImage, persist: dict[str, Any]) -> None:
+        """Only a new commit index may be written without an fsync: a term, a vote, entries or
+        a snapshot must survive a power loss (Raft forgets only the commit index)."""
+        hard: HardState | None = persist["hard_state"]
+        what = []
+        if persist["entries"]:
+            what.append(f"{len(persist['entries'])} entries")
+        if persist["snapshot"] is not None:
+            what.append("a snapshot")
+        if hard is not None and (hard.term, hard.vote) != (image.hard.term, image.hard.vote):
+            what.append(f"term {hard.term} and vote {hard.vote}")
+        if what:
+            text = f"{raft_id}: wrote {' and '.join(what)} without an fsync"
+            self.violations.append(text)
+            log.error("Ready contract violated: %s", text)
 
     def _note_leader_log(self, m: AppendEntries) -> None:
         known = self._leader_logs[m.term]
@@ -289,6 +312,7 @@ class CheckingStorage:
             entries=entries,
             snapshot=snapshot,
             snapshot_replaces_log=snapshot_replaces_log,
+            sync=sync,
         )
 
     def close(self) -> None:
