@@ -199,6 +199,14 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class BindError(Exception):
+    """The server's address could not be bound (``os_error`` says why)."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(os_error.strerror or str(os_error))
+        self.os_error = os_error
+
+
 class KeepAliveServer(ThreadedWSGIServer):
     """Werkzeug's threaded server with :class:`KeepAliveRequestHandler`; closing it also closes
     the kept-alive connections, so no idle connection keeps reaching a stopped app."""
@@ -208,6 +216,15 @@ class KeepAliveServer(ThreadedWSGIServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(host, port, app, handler=KeepAliveRequestHandler)
+
+    def server_bind(self) -> None:
+        # Werkzeug answers a failed bind by printing and exiting the process; a library must
+        # raise instead, so the error leaves as something Werkzeug does not catch.
+        try:
+            super().server_bind()
+        except OSError as exc:
+            self.socket.close()
+            raise BindError(exc) from exc
 
     def track(self, connection: socket.socket, open_: bool) -> None:
         with self._connections_lock:

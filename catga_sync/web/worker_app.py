@@ -15,7 +15,7 @@ from ..forwarding import ForwardingGuard
 from ..runtime.extension import Extension
 from .blueprint import create_peer_blueprint
 from .forwarding import create_forwarding_blueprint
-from .keepalive import KeepAliveRequestHandler, KeepAliveServer
+from .keepalive import BindError, KeepAliveRequestHandler, KeepAliveServer
 from .ops import create_ops_blueprint
 
 if TYPE_CHECKING:
@@ -102,12 +102,12 @@ class EmbeddedServer(Extension):
         app = create_worker_app(node)  # type: ignore[arg-type]  # the node serves the routes
         try:
             self._server = make_threaded_server(app, host, port)
-        except (OSError, SystemExit) as exc:  # Werkzeug exits the process when it cannot bind
+        except (BindError, OSError) as exc:
             raise ConfigError(
                 f"node {node.node_id} cannot serve its endpoint {node.raft_id}: {host}:{port} "
-                "cannot be bound (is another process, or another node with this endpoint, "
-                "listening there?); stop it or give this node another LocalNodeEndpoint"
-            ) from (exc if isinstance(exc, OSError) else None)
+                f"cannot be bound ({exc}; is another process, or another node with this "
+                "endpoint, listening there?); stop it or give this node another LocalNodeEndpoint"
+            ) from exc
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"catga-http-{node.node_id}", daemon=True
         )

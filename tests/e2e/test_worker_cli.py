@@ -88,3 +88,31 @@ def test_serve_refuses_bad_configuration_with_a_clear_message(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "LocalNodeEndpoint" in result.stderr
+
+
+def test_serve_on_a_port_taken_exits_with_one_clear_line_and_no_traceback(tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("cluster__")}
+    env["PYTHONPATH"] = str(ROOT)
+    try:
+        serve = ["serve", "--endpoint", f"http://127.0.0.1:{port}", "--state", str(tmp_path)]
+        done = subprocess.run(
+            [sys.executable, "-m", "catga_sync", *serve, "--secret", "a secret long enough"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert f"cannot serve its endpoint http://127.0.0.1:{port}" in errors[0]
+    assert "Address already in use" in errors[0]
+    assert "Traceback" not in done.stderr and "Port " not in done.stderr
