@@ -143,7 +143,7 @@ class _Relay:
     def __call__(self, node: ClusterNode) -> Response | None:
         """The leader's answer, an error answer, or None when this node leads now."""
         deadline = time.monotonic() + self.timeout
-        connect = self.connect_timeout or max(node.config.election_timeout.total_seconds(), 0.1)
+        connect = self.connect_timeout or node.timeouts.peer_request
         body = request.get_data(cache=True)
         headers = _relayed_headers(request.headers.items())
         headers[HEADER_HOP] = "1"
