@@ -32,6 +32,7 @@ __all__ = [
     "PeerAuthError",
     "ProposalDroppedError",
     "RegistrationError",
+    "RequestBodyError",
     "RequestExpiredError",
     "StaleTokenError",
     "StorageError",
@@ -220,3 +221,20 @@ class InvalidCommandError(CatgaError, ValueError):
 
 class RegistrationError(CatgaError, TypeError):
     """A command or handler registration that cannot work (not a dataclass, a name taken...)."""
+
+
+class RequestBodyError(CatgaError, ValueError):
+    """An HTTP request body refused at the edge, before anything ran: ``status`` is the answer
+    (400 malformed, 413 too large, 415 not JSON), ``code`` its machine-readable error, and
+    ``headers`` what the answer must carry (``Connection: close`` when the body was not read)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.status, self.code, str(self), self.headers))

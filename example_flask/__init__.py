@@ -25,20 +25,20 @@ Routes (every answer is JSON; errors are ``{"error": code, "message": text}``):
   ``{"token": int}`` → 200, or 409 when that token no longer holds it; ``GET /locks/<name>``
   → the holder and its waiters, or 404. A lock taken over HTTP is not renewed: it frees itself
   ``ttl`` seconds after its grant unless released first.
-- 400 for a bad body (nothing is applied); 503 with ``Retry-After`` while the cluster cannot
-  take the request (no leader, no quorum, or the outcome is unknown — then retry with the same
-  ``Idempotency-Key``).
+- 400 for a bad body, 413 for one over 16 KiB, 415 without ``Content-Type: application/json``
+  (nothing is applied; :mod:`catga_sync.web.bodies`); 503 with ``Retry-After`` while the
+  cluster cannot take the request (no leader, no quorum, or the outcome is unknown — then retry
+  with the same ``Idempotency-Key``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -53,11 +53,13 @@ from catga_sync.errors import (
     LockNotHeldError,
     NoLeaderError,
     NotLeaderError,
+    RequestBodyError,
 )
 from catga_sync.forwarding import ForwardToLeaderBehavior, IdempotencyKeyReusedError
 from catga_sync.fsm import CommandError, RequestExpiredError, UnknownCommandError
 from catga_sync.mediator import Mediator, Next
 from catga_sync.state import StateHandle
+from catga_sync.web.bodies import json_body
 from catga_sync.web.extension import CatgaCluster
 
 from . import background
@@ -300,19 +302,12 @@ def describe_lock(name: str) -> tuple[Response, int]:
 
 def _json_object(keys: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The request body as a JSON object with exactly ``keys`` (and any of ``optional``), or
-    a 400/413 ApiError."""
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"The body must be at most {MAX_BODY_BYTES} bytes.")
+    a 400/413/415 error (catga_sync.web.bodies: JSON only, strictly parsed, within the limit,
+    and a 413 the client sees)."""
     expected = ", ".join(f'"{k}"' for k in sorted(keys))
     if optional:
         expected += " (optional: " + ", ".join(f'"{k}"' for k in sorted(optional)) + ")"
-    try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(
-            400, "invalid_json", f"The body must be a JSON object with the keys {expected}."
-        ) from None
+    body = json_body(MAX_BODY_BYTES, shape=f"a JSON object with the keys {expected}")
     if not isinstance(body, dict):
         raise ApiError(
             400, "invalid_body", f"The body must be a JSON object with the keys {expected}."
@@ -327,11 +322,6 @@ def _json_object(keys: set[str], optional: frozenset[str] = frozenset()) -> dict
             f"The body must have exactly the keys {expected} ({'; '.join(problems)}).",
         )
     return body
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    # json.loads accepts NaN and Infinity by default; neither is JSON, nor an amount.
-    raise ValueError(f"{name} is not JSON")
 
 
 def _checked(check: Callable[[object], T], value: object) -> T:
@@ -398,6 +388,13 @@ def _error(status: int, code: str, message: str, **extra: Any) -> tuple[Response
 @orders_blueprint.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> tuple[Response, int]:
     return _error(exc.status, exc.code, str(exc), **exc.extra)
+
+
+@orders_blueprint.errorhandler(RequestBodyError)
+def _bad_body(exc: RequestBodyError) -> tuple[Response, int]:
+    response, status = _error(exc.status, exc.code, str(exc))
+    response.headers.update(exc.headers)
+    return response, status
 
 
 @orders_blueprint.errorhandler(OrderNotFound)

@@ -261,9 +261,6 @@ def test_an_oversized_body_is_a_413_and_applies_nothing(client: FlaskClient) -> 
 def test_edge_values_that_are_valid_are_accepted(client: FlaskClient) -> None:
     assert create(client, "a" * 200, 0.01)["customer"] == "a" * 200
     assert create(client, "bob", 10**20)["amount"] == 10**20
-    # Content-Type is not required: curl -d sends a form type by default.
-    response = client.post("/orders", data=json.dumps({"customer": "cy", "amount": 1}))
-    assert response.status_code == 201
 
 
 BAD_PATCH_BODIES: list[tuple[str, bytes | str]] = [
@@ -518,3 +515,118 @@ def test_ship_with_an_idempotency_key_runs_once_per_key(client: FlaskClient) -> 
         client.post(f"/orders/{second['id']}/ship", headers=headers), 422, "idempotency_key_reused"
     )
     assert client.get(f"/orders/{second['id']}").get_json() == second
+
+
+# -- the bad-input corpus --------------------------------------------------------------------
+
+JSON_ROUTES = [
+    ("POST", "/orders", {"customer": "ada", "amount": 12.5}),
+    ("PATCH", "/orders/1", {"status": "paid", "expected_version": 1}),
+    ("POST", "/locks/corpus", {"ttl": 5, "wait": 0, "owner": "corpus"}),
+    ("DELETE", "/locks/corpus", {"token": 1}),
+]
+
+
+def _corpus(seed: int, count: int) -> list[tuple[str, bytes, str | None]]:
+    """Malformed bodies made from each route's valid body: (why, body, content type). None is
+    valid: every one breaks the JSON, the strictness rules, the size or the content type."""
+    import random
+
+    rng = random.Random(seed)
+    made: list[tuple[str, bytes, str | None]] = []
+    for _, _, base in JSON_ROUTES:
+        text = json.dumps(base)
+        key, value = next(iter(base.items()))
+        made += [
+            ("text/plain", text.encode(), "text/plain"),
+            ("form type", text.encode(), "application/x-www-form-urlencoded"),
+            ("no content type", text.encode(), None),
+            ("json-ish type", text.encode(), "application/jsonx"),
+            (
+                "duplicate key",
+                text.replace("{", f'{{"{key}": {json.dumps(value)}, ', 1).encode(),
+                "application/json",
+            ),
+            ("lone surrogate", text.replace("}", ', "x": "\\ud800"}').encode(), "application/json"),
+            (
+                "lone low surrogate",
+                text.replace("}", ', "x": "a\\udfffb"}').encode(),
+                "application/json",
+            ),
+            ("NUL", text.replace("}", ', "x": "a\\u0000"}').encode(), "application/json"),
+            ("NUL in a key", text.replace("{", '{"\\u0000": 1, ', 1).encode(), "application/json"),
+            (
+                "huge integer",
+                text.replace("}", f', "x": {"9" * 100}}}').encode(),
+                "application/json",
+            ),
+            ("1e999", text.replace("}", ', "x": 1e999}').encode(), "application/json"),
+            ("NaN", text.replace("}", ', "x": NaN}').encode(), "application/json"),
+            (
+                "deep",
+                text.replace("}", ', "x": ' + "[" * 40 + "]" * 40 + "}").encode(),
+                "application/json",
+            ),
+            ("very deep", b"[" * 5000 + b"]" * 5000, "application/json"),
+            (
+                "over the limit",
+                text.replace("}", f', "x": "{"a" * MAX_BODY_BYTES}"}}').encode(),
+                "application/json",
+            ),
+            ("not UTF-8", text.encode().replace(b"{", b"{\xff", 1), "application/json"),
+            ("UTF-16", text.encode("utf-16"), "application/json"),
+            ("empty", b"", "application/json"),
+            ("an array", json.dumps([base]).encode(), "application/json"),
+            ("a string", json.dumps(text).encode(), "application/json"),
+            ("null", b"null", "application/json"),
+        ]
+        for _ in range(count):
+            cut = rng.randrange(1, len(text))  # a proper prefix of an object is never JSON
+            made.append((f"cut at {cut}", text[:cut].encode(), "application/json"))
+            noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+            made.append(("random bytes", noise, "application/json"))
+            spot = rng.randrange(len(text))
+            made.append(
+                (
+                    f"garbage at {spot}",
+                    (text[:spot] + "\x01}{" + text[spot:]).encode(),
+                    "application/json",
+                )
+            )
+    return made
+
+
+def test_the_bad_input_corpus_gets_json_4xx_and_changes_nothing(client: FlaskClient) -> None:
+    create(client)
+    node = node_of(client)
+    before = everything(client), node.status.term, node.status.leader_endpoint
+    corpus = _corpus(seed=10, count=20)
+    statuses: dict[int, int] = {}
+    for method, path, _ in JSON_ROUTES:
+        for why, body, content_type in corpus:
+            headers = {} if content_type is None else {"Content-Type": content_type}
+            response = client.open(path, method=method, data=body, headers=headers)
+            assert 400 <= response.status_code < 500, (method, path, why, response.data[:200])
+            assert response.is_json, (method, path, why)
+            assert set(response.get_json()) >= {"error", "message"}, (method, path, why)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+    assert len(corpus) * len(JSON_ROUTES) > 500
+    assert {400, 413, 415} <= set(statuses)  # the corpus reaches every kind of refusal
+    assert (everything(client), node.status.term, node.status.leader_endpoint) == before
+    assert client.get("/locks/corpus").status_code == 404  # no lock was taken
+
+
+def test_the_peer_routes_refuse_the_corpus_with_json_4xx_and_keep_the_term(
+    client: FlaskClient,
+) -> None:
+    node = node_of(client)
+    before = everything(client), node.status.term, node.status.leader_endpoint
+    for path in ("/_catga/raft", "/_catga/propose", "/_catga/forward"):
+        for why, body, content_type in _corpus(seed=11, count=5):
+            headers = {"X-Catga-Sender": "http://127.0.0.1:1"}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            response = client.post(path, data=body, headers=headers)
+            assert 400 <= response.status_code < 500, (path, why, response.data[:200])
+            assert response.is_json, (path, why)
+    assert (everything(client), node.status.term, node.status.leader_endpoint) == before

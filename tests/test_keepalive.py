@@ -115,3 +115,31 @@ def test_closing_the_server_closes_idle_kept_alive_connections(
     srv.shutdown()  # type: ignore[attr-defined]
     srv.server_close()  # type: ignore[attr-defined]
     assert conn.sock.recv(1) == b""  # the server closed its end
+
+
+def test_a_client_still_sending_a_body_answered_early_reads_the_answer(
+    server: tuple[int, object],
+) -> None:
+    """A 5 MB body to a route that answers without reading it (a 413, say): the server reads
+    and discards the rest before it closes (a lingering close), so the client, which writes its
+    whole body before it reads, gets the answer instead of a broken pipe."""
+    conn = http.client.HTTPConnection("127.0.0.1", server[0], timeout=10)
+    try:
+        response = post(conn, "/ignore", b"x" * (5 << 20))
+        assert response.status == 200
+    finally:
+        conn.close()
+
+
+def test_a_client_that_sent_only_its_headers_gets_the_answer_at_once(
+    server: tuple[int, object],
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server[0], timeout=10)
+    try:
+        conn.putrequest("POST", "/ignore")
+        conn.putheader("Content-Length", str(9 << 20))
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == b"ignored"
+    finally:
+        conn.close()

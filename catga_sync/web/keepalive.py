@@ -10,7 +10,9 @@ and ~0.55 ms kept alive.
 only when that is safe, the way Werkzeug explains it is not in general: the request came with a
 ``Content-Length`` (what the application left unread is drained, up to
 :data:`DRAIN_LIMIT`), and the response has a ``Content-Length`` that its body matches. Anything
-else (a chunked request, a streamed response) is answered as before and the connection closed.
+else (a chunked request, a streamed response) is answered as before and the connection closed;
+a close with a request body left unread lingers, so that a client still sending it reads the
+answer (a 413) instead of a reset.
 The status line, headers and a first body chunk leave in one write, with Nagle's algorithm off,
 so no reply waits for a delayed ACK.
 """
@@ -36,6 +38,11 @@ DRAIN_LIMIT = 1 << 20
 past this the connection is closed instead."""
 IDLE_TIMEOUT = 30.0
 """Seconds a kept-alive connection may stay idle before the server closes it."""
+LINGER_BYTES = 64 << 20
+LINGER_SECONDS = 5.0
+LINGER_IDLE = 1.0
+"""A connection closed with a request body left unread lingers: up to ``LINGER_BYTES`` more
+are read and discarded, for at most ``LINGER_SECONDS``, ``LINGER_IDLE`` without data ending it."""
 
 _NO_BODY = frozenset({204, 304})
 
@@ -168,6 +175,25 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
             self.close_connection = True
         if getattr(self.server, "closing", False):
             self.close_connection = True
+        if self.close_connection and (body is None or body.remaining > 0) and sent:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close without resetting a client that is still sending its body (nginx's lingering
+        close): an answer sent early (a 413) and a close with unread data in the kernel's
+        buffer make it send a reset, and the client fails on a broken pipe before it reads the
+        answer. So: flush, shut down our side, read and discard what still comes, then close."""
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_IDLE)
+            deadline = time.monotonic() + LINGER_SECONDS
+            left = LINGER_BYTES
+            while left > 0 and time.monotonic() < deadline:
+                chunk = self.connection.recv(min(left, 1 << 16))
+                if not chunk:
+                    return
+                left -= len(chunk)
 
     _expected_length: int | None = None
 
