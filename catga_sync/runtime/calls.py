@@ -106,6 +106,8 @@ class NodeCalls:
 
         def attempt() -> Outcome:
             remaining = deadline - time.monotonic()
+            if self._loop is not None and self._loop.failure is not None:
+                raise self._not_running()  # its storage broke: no retry can help
             if self._board.status.is_leader:
                 return Outcome.coerce(self.propose_indexed(data, timeout=remaining)[1])
             leader = self._board.status.leader_endpoint
@@ -222,11 +224,7 @@ class NodeCalls:
         self._fork.check()
         loop = self._loop
         if not self.running or loop is None:
-            failure = loop.failure if loop is not None else None
-            raise NodeNotRunningError(
-                f"node {self.node_id} is not running"
-                + (f" (it failed: {failure})" if failure else "; call start() first")
-            )
+            raise self._not_running()
         loop.put(event)
         try:
             result = future.result(timeout)
@@ -235,6 +233,14 @@ class NodeCalls:
                 f"the Raft loop of node {self.node_id} did not answer within {timeout:.2f}s"
             ) from None
         return result
+
+    def _not_running(self) -> NodeNotRunningError:
+        loop = self._loop
+        failure = loop.failure if loop is not None else None
+        return NodeNotRunningError(
+            f"node {self.node_id} is not running"
+            + (f" (it failed: {failure})" if failure else "; call start() first")
+        )
 
     def _wake(self) -> None:
         loop = self._loop

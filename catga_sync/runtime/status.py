@@ -117,16 +117,18 @@ class StatusBoard:
     def publish_core(
         self, core: RaftCore, name_of: Callable[[str | None], str | None], running: bool
     ) -> None:
-        """Publish what ``core`` knows now."""
+        """Publish what ``core`` knows now. A node that is not running leads nothing and knows
+        no leader, whatever its core last believed (a stopped leader must not look like one)."""
         soft = core.soft_state
+        leader = soft.leader_id if running else None
         self.publish(
             NodeStatus(
                 node_id=self.status.node_id,
                 raft_id=self.status.raft_id,
-                role=soft.role,
+                role=soft.role if running else Role.FOLLOWER,
                 term=soft.term,
-                leader_raft_id=soft.leader_id,
-                leader_id=name_of(soft.leader_id),
+                leader_raft_id=leader,
+                leader_id=name_of(leader),
                 commit_index=core.commit_index,
                 commit_term=core.log.term(core.commit_index) or 0,
                 last_applied=core.applied_index,
@@ -136,7 +138,12 @@ class StatusBoard:
         )
 
     def publish_running(self, running: bool) -> None:
-        self.publish(dataclasses.replace(self.status, running=running))
+        status = self.status
+        if not running:
+            status = dataclasses.replace(
+                status, role=Role.FOLLOWER, leader_raft_id=None, leader_id=None
+            )
+        self.publish(dataclasses.replace(status, running=running))
 
     def publish(self, new: NodeStatus) -> None:
         # One publisher at a time (the loop, or the node stopping while its loop still runs):
