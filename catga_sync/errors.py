@@ -36,6 +36,7 @@ __all__ = [
     "RequestExpiredError",
     "StaleTokenError",
     "StorageError",
+    "StorageUnavailableError",
     "UnknownCommandError",
     "UnknownCommandTypeError",
     "UsageError",
@@ -141,6 +142,12 @@ class IdempotencyKeyReusedError(CatgaError, ValueError):
 
 class StorageError(CatgaError):
     """The node's persistent state could not be read or written."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database server could not be reached (restarted, unreachable, the connection
+    broke): nothing was written, or the outcome of the last commit is unknown. A running node
+    stops acknowledging and retries the same write, which is idempotent, until it is back."""
 
 
 class InvalidLockRequestError(CatgaError, ValueError):

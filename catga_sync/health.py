@@ -14,7 +14,10 @@ UNHEALTHY = "Unhealthy"
 
 def cluster_check(status: NodeStatus) -> dict[str, Any]:
     """The ``results.cluster`` entry of the guide's health response."""
-    if status.running and status.is_leader:
+    if status.running and status.storage_problem is not None:
+        state = UNHEALTHY
+        description = "Storage unavailable: acknowledging nothing until it is back"
+    elif status.running and status.is_leader:
         state, description = HEALTHY, "This node is the leader"
     elif status.running and status.leader_endpoint is not None:
         state, description = HEALTHY, "Cluster has a leader"

@@ -97,23 +97,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "an exception from persist() swallowed (the loop goes on)",
         "catga_sync/runtime/loop.py",
-        "        self._storage.persist(\n"
-        "            hard_state=changed,\n"
-        "            entries=ready.entries,\n"
-        "            snapshot=ready.snapshot,\n"
-        "            snapshot_replaces_log=ready.apply_snapshot,\n"
-        "            sync=sync,\n"
-        "        )\n",
-        "        try:  # MUTATED: a failed persist is logged and forgotten\n"
-        "            self._storage.persist(\n"
-        "                hard_state=changed,\n"
-        "                entries=ready.entries,\n"
-        "                snapshot=ready.snapshot,\n"
-        "                snapshot_replaces_log=ready.apply_snapshot,\n"
-        "                sync=sync,\n"
-        "            )\n"
-        "        except Exception:\n"
-        "            log.exception('persist failed')\n",
+        "                self._storage.persist(**write)\n",
+        "                try:  # MUTATED: a failed persist is logged and forgotten\n"
+        "                    self._storage.persist(**write)\n"
+        "                except StorageError:\n"
+        "                    log.exception('persist failed')\n",
         (f"{CONTRACT}::test_a_persist_that_raises_stops_the_node_and_fails_its_callers",),
     ),
     Mutation(

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CatgaError, ProposalDroppedError, StorageError
+from ..errors import CatgaError, ProposalDroppedError, StorageError, StorageUnavailableError
 from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, Ready
 from ..storage.base import Storage
 from .outbox import Outbox, ReplySlot
@@ -121,6 +121,9 @@ class RaftLoop:
         self._tick_origin = time.monotonic()
         self._ticks_done = 0
         self.failure: BaseException | None = None
+        self.storage_unavailable: str | None = None
+        """Why the database is unreachable while a write waits for it (None: it is not)."""
+        self._stop_requested = threading.Event()
         self._stop_error: BaseException = CatgaError(f"node {node_id} stopped")
         self._exit_lock = threading.Lock()
         self._exited = False
@@ -140,6 +143,7 @@ class RaftLoop:
         that does not stop within ``timeout`` (a persist that hangs) stops on its own once the
         batch ends, and runs :meth:`after_exit` callbacks then."""
         self._stop_error = error
+        self._stop_requested.set()
         thread = self._thread
         if not thread.is_alive():
             self.fail_waiters(error)  # never started, or already ended: nobody else runs it
@@ -343,7 +347,7 @@ class RaftLoop:
                 self._stats.commit_only_writes_unsynced += 1
         else:
             sync = True
-        self._storage.persist(
+        self._persist_until_reachable(
             hard_state=changed,
             entries=ready.entries,
             snapshot=ready.snapshot,
@@ -352,6 +356,36 @@ class RaftLoop:
         )
         if changed is not None:
             self._written_hard = changed
+
+    def _persist_until_reachable(self, **write: Any) -> None:
+        """Persist; while the database server is unreachable, retry the same write (it is
+        idempotent: the same entries, hard state and snapshot again) instead of failing the
+        node, so a restart of the server does not stop every node that uses it. Meanwhile the
+        loop sends nothing (nothing leaves before the disk has it) and the status says so.
+        Any other failure — a full disk, an I/O error, a failed fsync — is never retried: it
+        stops the node (retrying a failed fsync proves nothing)."""
+        pause = 0.05
+        while True:
+            try:
+                self._storage.persist(**write)
+            except StorageUnavailableError as exc:
+                if not self.storage_unavailable:
+                    self.storage_unavailable = str(exc)
+                    log.error(
+                        "node %s: storage unavailable, not acknowledging until it is back: %s",
+                        self.node_id,
+                        exc,
+                    )
+                    self._published(None)
+                if self._stop_requested.wait(pause):
+                    raise
+                pause = min(pause * 2, 1.0)
+                continue
+            if self.storage_unavailable:
+                self.storage_unavailable = None
+                log.warning("node %s: storage is back; the node goes on", self.node_id)
+                self._published(None)
+            return
 
     def _apply(self, ready: Ready) -> None:
         if ready.apply_snapshot and ready.snapshot is not None:

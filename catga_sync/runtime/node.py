@@ -422,4 +422,6 @@ class RaftNode(NodeCalls):
         if loop is None:
             self._board.publish_running(self.running)
         else:
-            self._board.publish_core(loop.core, self.name_of, self.running)
+            self._board.publish_core(
+                loop.core, self.name_of, self.running, loop.storage_unavailable
+            )

@@ -38,6 +38,9 @@ class NodeStatus:
     last_applied: int
     members: tuple[str, ...]
     running: bool
+    storage_problem: str | None = None
+    """Why the node's database is unreachable, while a write waits for it (None: it is not).
+    The node acknowledges nothing meanwhile."""
 
     @property
     def is_leader(self) -> bool:
@@ -115,7 +118,11 @@ class StatusBoard:
         self._listeners.append(listener)
 
     def publish_core(
-        self, core: RaftCore, name_of: Callable[[str | None], str | None], running: bool
+        self,
+        core: RaftCore,
+        name_of: Callable[[str | None], str | None],
+        running: bool,
+        storage_problem: str | None = None,
     ) -> None:
         """Publish what ``core`` knows now. A node that is not running leads nothing and knows
         no leader, whatever its core last believed (a stopped leader must not look like one)."""
@@ -134,6 +141,7 @@ class StatusBoard:
                 last_applied=core.applied_index,
                 members=tuple(sorted(core.membership.voters)),
                 running=running,
+                storage_problem=storage_problem,
             )
         )
 

@@ -55,10 +55,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from .._version import __version__
-from ..errors import ConfigError, InvalidMessageError, StorageError
+from ..errors import ConfigError, InvalidMessageError, StorageError, StorageUnavailableError
 from ..raft import Entry, EntryType, HardState, PersistedState, Snapshot
 from ..raft.codec import membership_to_dict, snapshot_meta_from_dict
 from ._common import LogBounds, check_loaded, check_node_id, recovery_steps
@@ -652,6 +658,12 @@ class SqlStorage:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             if self.is_sqlite and _is_damage(exc):
                 raise self._damaged(detail) from exc
+            if doing == "persist" and not self.is_sqlite and _is_unreachable(exc):
+                raise StorageUnavailableError(
+                    f"could not persist the Raft state of node {self.node_id!r} in "
+                    f"{self.describe()}: the database is unreachable ({detail}); nothing was "
+                    "acknowledged, and the node retries the same write until it is back"
+                ) from exc
             if doing == "open":
                 advice = (
                     "check that the database is running and reachable, that the URL's user, "
@@ -694,6 +706,15 @@ class SqlStorage:
             for name in ("log", "snapshot", "hard_state", "meta")
         )
         return recovery_steps(what, delete_how)
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """A database server that is down, restarting or cut off, as opposed to one that refused
+    the write (a constraint, a full disk on SQLite): the connection broke, or could not be
+    made. A client-server database keeps what it committed; the write may simply be retried."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 def _is_damage(exc: BaseException) -> bool:

@@ -33,6 +33,10 @@ class FailingStorage:
             f"the disk of node {self.node_id!r} is full (a fault injected by the test)"
         )
 
+    def recover(self) -> None:
+        """Let ``persist()`` through again (the database is back)."""
+        self._error = None
+
     def open(self) -> PersistedState:
         return self.inner.open()
 
