@@ -88,3 +88,28 @@ def test_stopping_a_node_whose_database_is_away_does_not_hang(cluster: LocalClus
         poll(lambda: follower.status.storage_problem is not None, WAIT, "the outage shown")
         follower.stop(transfer=False)
         assert not follower.running
+
+
+@pytest.mark.parametrize("slow", ["follower", "leader"])
+def test_a_slow_disk_costs_latency_not_safety_nor_leadership(
+    cluster: LocalCluster, slow: str
+) -> None:
+    """Every persist of one node takes 40 ms longer (a quarter of the election timeout): its
+    commands are slower, the leader stays the leader in the same term, every command commits
+    everywhere, and the checking pair sees nothing acknowledged before it was durable."""
+    with cluster:
+        leader = cluster.leader()
+        term = leader.status.term
+        node = leader if slow == "leader" else cluster.follower()
+        disk = cluster.disks[cluster.index(node)]
+        assert disk is not None
+        disk.slow(0.04)
+        kv = leader.state(ReplicatedDict)
+        for k in range(20):
+            kv.set(f"k{k}", k)
+        index = leader.read_barrier(timeout=WAIT)
+        disk.slow(0)
+        assert leader.status.is_leader and leader.status.term == term
+        for each in cluster.nodes:
+            each.wait_for(lambda s: s.last_applied >= index, WAIT)
+            assert each.state(ReplicatedDict).local.get("k19") == 19

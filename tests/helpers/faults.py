@@ -5,6 +5,7 @@ cut links) and lets a test wait for a message to go through."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ class FailingStorage:
         self.inner = inner
         self.node_id = inner.node_id
         self._error: BaseException | None = None
+        self._delay = 0.0
         self.failures = 0
         """persist() calls refused so far."""
 
@@ -36,6 +38,10 @@ class FailingStorage:
     def recover(self) -> None:
         """Let ``persist()`` through again (the database is back)."""
         self._error = None
+
+    def slow(self, seconds: float) -> None:
+        """Make every later ``persist()`` take ``seconds`` longer (a slow disk; 0: not)."""
+        self._delay = seconds
 
     def open(self) -> PersistedState:
         return self.inner.open()
@@ -52,6 +58,8 @@ class FailingStorage:
         if self._error is not None:
             self.failures += 1
             raise self._error
+        if self._delay:
+            time.sleep(self._delay)  # the fault itself: a disk this slow
         self.inner.persist(
             hard_state=hard_state,
             entries=entries,
