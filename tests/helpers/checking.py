@@ -54,6 +54,8 @@ from catga_sync.raft import (
 from catga_sync.storage.base import Storage
 from catga_sync.transport.base import PeerReceiver, Transport
 
+from .wrapping import StorageWrapper
+
 log = logging.getLogger("tests.checking")
 
 __all__ = [
@@ -276,47 +278,21 @@ class ContractChecker:
         )
 
 
-class CheckingStorage:
+class CheckingStorage(StorageWrapper):
     """A :class:`~catga_sync.storage.base.Storage` that tells its checker what became durable."""
 
     def __init__(self, checker: ContractChecker, inner: Storage, raft_id: str) -> None:
+        super().__init__(inner)
         self.checker = checker
-        self.inner = inner
         self.raft_id = raft_id
-        self.node_id = inner.node_id
 
     def open(self) -> PersistedState:
         state = self.inner.open()
         self.checker.opened(self.raft_id, state)
         return state
 
-    def persist(
-        self,
-        *,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        snapshot: Snapshot | None,
-        snapshot_replaces_log: bool,
-        sync: bool = True,
-    ) -> None:
-        self.inner.persist(
-            hard_state=hard_state,
-            entries=entries,
-            snapshot=snapshot,
-            snapshot_replaces_log=snapshot_replaces_log,
-            sync=sync,
-        )
-        self.checker.persisted(
-            self.raft_id,
-            hard_state=hard_state,
-            entries=entries,
-            snapshot=snapshot,
-            snapshot_replaces_log=snapshot_replaces_log,
-            sync=sync,
-        )
-
-    def close(self) -> None:
-        self.inner.close()
+    def after_persist(self, **write: Any) -> None:
+        self.checker.persisted(self.raft_id, **write)
 
     def describe(self) -> str:
         return f"{self.inner.describe()} (checked)"

@@ -10,20 +10,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from catga_sync.errors import StorageError
-from catga_sync.raft import Entry, HardState, Message, PersistedState, Snapshot
+from catga_sync.raft import Message
 from catga_sync.storage.base import Storage
 from catga_sync.transport.memory import MemoryNetwork
+
+from .wrapping import StorageWrapper
 
 __all__ = ["FailingStorage", "FaultyNetwork", "MessageWatch"]
 
 
-class FailingStorage:
+class FailingStorage(StorageWrapper):
     """A :class:`~catga_sync.storage.base.Storage` whose ``persist()`` raises once told to (a
-    full disk, a database gone away); until then it is the storage it wraps."""
+    full disk, a database gone away) or takes longer (a slow disk); until then it is the
+    storage it wraps."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner = inner
-        self.node_id = inner.node_id
+        super().__init__(inner)
         self._error: BaseException | None = None
         self._delay = 0.0
         self.failures = 0
@@ -43,36 +45,12 @@ class FailingStorage:
         """Make every later ``persist()`` take ``seconds`` longer (a slow disk; 0: not)."""
         self._delay = seconds
 
-    def open(self) -> PersistedState:
-        return self.inner.open()
-
-    def persist(
-        self,
-        *,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        snapshot: Snapshot | None,
-        snapshot_replaces_log: bool,
-        sync: bool = True,
-    ) -> None:
+    def before_persist(self) -> None:
         if self._error is not None:
             self.failures += 1
             raise self._error
         if self._delay:
             time.sleep(self._delay)  # the fault itself: a disk this slow
-        self.inner.persist(
-            hard_state=hard_state,
-            entries=entries,
-            snapshot=snapshot,
-            snapshot_replaces_log=snapshot_replaces_log,
-            sync=sync,
-        )
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 class MessageWatch:
