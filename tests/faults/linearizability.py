@@ -16,6 +16,10 @@ github.com/anishathalye/porcupine) implements it:
 - A cache of (the set of linearized ops, as a bitmask, and the model state) prunes every
   branch that reaches a configuration already explored: two orders that linearize the same ops
   into the same state have the same futures.
+- One pruning of ours: an op that is legal now and leaves the state as it is (a read, a version
+  conflict) is linearized now and no alternative is tried at that point, since any valid order
+  stays valid with it moved there (the argument is in ``_search``). Without it, k concurrent
+  reads of one state make 2^k configurations.
 
 P-compositionality (Horn & Kroening 2015; Porcupine's ``Partition``): linearizability is local,
 so a history over independent keys is linearizable iff the sub-history of each key is. Each key
@@ -53,8 +57,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_STEPS = 2_000_000
-"""Search steps allowed per key: about ten seconds of this interpreter; a history of a few hundred
-ops per key at concurrency 5 needs a few thousand."""
+"""Search steps allowed per key: several seconds of CPython. A few hundred ops per key at
+concurrency 5 need a few thousand, passing or failing."""
 
 
 class TimedOp(Protocol):
@@ -187,7 +191,9 @@ def _search(
     state = model.init()
     linearized = 0
     cache: set[tuple[int, StateT]] = {(linearized, state)}
-    stack: list[tuple[int, StateT]] = []  # (call node linearized, state before it)
+    # The choices made: (call node linearized, state before it, whether the op left the state
+    # as it was, which makes it the only choice worth trying there; see below).
+    stack: list[tuple[int, StateT, bool]] = []
     best_depth = -1
     failure: _Failure[StateT] | None = None
     steps = 0
@@ -202,24 +208,35 @@ def _search(
         if is_call[entry]:
             index = op_of[entry]
             ok, after = model.step(state, ops[index])
-            if ok:
-                reached = (linearized | (1 << index), after)
-                if reached not in cache:
-                    cache.add(reached)
-                    stack.append((entry, state))
-                    state = after
-                    linearized = reached[0]
-                    lift(entry)
-                    entry = nxt[_HEAD]
-                    continue
-            entry = nxt[entry]
-            continue
-        if endless[entry]:
+            if not ok:
+                entry = nxt[entry]
+                continue
+            # An op legal now that leaves the state as it is (a read, a conflict) can always
+            # go now: any linearization that puts it later still works with it moved here (the
+            # others see the same states, and all it must follow are linearized already, their
+            # returns preceding its call). So when this choice fails, or was explored and
+            # failed, so does the configuration: no other candidate needs trying. Without this,
+            # k concurrent reads of one state would make 2^k configurations.
+            keeps = after == state
+            reached = (linearized | (1 << index), after)
+            if reached not in cache:
+                cache.add(reached)
+                stack.append((entry, state, keeps))
+                state = after
+                linearized = reached[0]
+                lift(entry)
+                entry = nxt[_HEAD]
+                continue
+            if not keeps:
+                entry = nxt[entry]
+                continue
+        elif endless[entry]:
             # Every op that returned is linearized (their returns all sort before this one);
             # the indeterminate ones still pending are left out: they never took effect.
             return None
-        # The op this return closes had to take effect by now, and did not in this branch.
-        if len(stack) > best_depth:
+        elif len(stack) > best_depth:
+            # The op this return closes had to take effect by now, and did not in this branch:
+            # the deepest such point is the counterexample.
             best_depth = len(stack)
             pending = []
             node = nxt[_HEAD]
@@ -228,18 +245,27 @@ def _search(
                     pending.append(op_of[node])
                 node = nxt[node]
             failure = _Failure(
-                prefix=tuple(op_of[call] for call, _ in stack),
+                prefix=tuple(op_of[call] for call, _, _ in stack),
                 state=state,
                 blocked=op_of[entry],
                 pending=tuple(pending),
             )
-        if not stack:
-            return failure
-        entry, state = stack.pop()
-        linearized &= ~(1 << op_of[entry])
-        unlift(entry)
+        # This configuration fails: undo the last choice (and the one before a choice that was
+        # the only one worth trying) and try the next candidate.
+        while True:
+            if not stack:
+                return failure
+            entry, state, only = stack.pop()
+            linearized &= ~(1 << op_of[entry])
+            unlift(entry)
+            if not only:
+                break
         entry = nxt[entry]
     return None
+
+
+_PREFIX_SHOWN = 12
+"""The last ops of the prefix a counterexample lists: the state they reach says the rest."""
 
 
 def _explain(
@@ -262,9 +288,13 @@ def _explain(
         f"  longest linearizable prefix ({len(failure.prefix)} ops):",
     ]
     state = model.init()
+    hidden = max(0, len(failure.prefix) - _PREFIX_SHOWN)
     for position, index in enumerate(failure.prefix, start=1):
         _, state = model.step(state, ops[index])
-        lines.append(f"    {position}. {line(index)}  => {model.describe_state(state)}")
+        if position == hidden:
+            lines.append(f"    ({hidden} earlier ops, to state {model.describe_state(state)})")
+        elif position > hidden:
+            lines.append(f"    {position}. {line(index)}  => {model.describe_state(state)}")
     lines.append(
         f"  then {line(failure.blocked)} must have taken effect by its return, but in state "
         f"{model.describe_state(failure.state)} none of the ops pending then can:"
@@ -306,7 +336,7 @@ class OrdersModel:
             return legal, created if legal else state
         if op.f == "read":
             if out is None:
-                return True, state
+                return True, state  # legal anywhere; check_orders leaves these out
             if out.get("found") is False:
                 return state is None, state
             return state is not None and _is_order(out, state), state
@@ -315,11 +345,12 @@ class OrdersModel:
             expected, status = value.get("expected_version"), value.get("status")
             matches = state is not None and state[0] == expected
             if out is None:
-                # Applied if it could be; a conflict or a not-found changes nothing, which is
-                # the same as leaving the op out.
+                # Only as applied: a conflict or a not-found changes nothing, the same as
+                # leaving the op out, which the search does already; taking it also as a no-op
+                # would double the configurations to explore for each such op.
                 if matches and isinstance(expected, int) and isinstance(status, str):
                     return True, (expected + 1, status)
-                return True, state
+                return False, state
             if out.get("ok") is True:
                 if matches and isinstance(expected, int) and isinstance(status, str):
                     written = (expected + 1, status)
