@@ -23,7 +23,7 @@ github.com/anishathalye/porcupine) implements it:
 
 P-compositionality (Horn & Kroening 2015; Porcupine's ``Partition``): linearizability is local,
 so a history over independent keys is linearizable iff the sub-history of each key is. Each key
-is searched alone, which keeps the bitmasks small and the search space a product no longer.
+is searched alone: the costs of the keys add up instead of multiplying, and bitmasks stay small.
 
 An indeterminate op (``complete`` None: a timeout, a reset connection) returns at +infinity with
 any output: it may be linearized anywhere after its invoke, and, since nothing forces it, it may
@@ -79,8 +79,8 @@ OpT_contra = TypeVar("OpT_contra", bound=TimedOp, contravariant=True)
 class Model(Protocol[StateT, OpT_contra]):
     """A sequential specification, in Porcupine's shape. States must be hashable (the cache
     keys on them) and immutable. ``step`` is deterministic: an op's output, recorded in the op,
-    decides which transition it took; an indeterminate op (no output) takes the one that its
-    state allows."""
+    decides which transition it took. An indeterminate op (no output) need only be legal where
+    it changes the state: the search already tries leaving it out, which is its no-op."""
 
     def init(self) -> StateT:
         """The state before any op."""
@@ -254,6 +254,9 @@ def _search(
         # the only one worth trying) and try the next candidate.
         while True:
             if not stack:
+                # A failure was recorded: every backtrack starts at a return, or at a
+                # configuration explored before (which failed at a return).
+                assert failure is not None
                 return failure
             entry, state, only = stack.pop()
             linearized &= ~(1 << op_of[entry])
