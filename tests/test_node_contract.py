@@ -28,7 +28,12 @@ from helpers import WAIT, LocalCluster
 from helpers.checking import ContractChecker
 
 from catga_sync import locks
-from catga_sync.errors import CatgaError, CommitTimeoutError, ProposalDroppedError
+from catga_sync.errors import (
+    CatgaError,
+    CommitTimeoutError,
+    NoLeaderError,
+    ProposalDroppedError,
+)
 from catga_sync.kv import ReplicatedDict
 from catga_sync.locks import LeaseMonitor, LockTable
 from catga_sync.node import ClusterNode
@@ -207,6 +212,22 @@ def test_a_proposal_overwritten_by_a_new_leader_fails_as_dropped() -> None:
     for applied in appliers:
         assert b"lost" not in applied.entries
         assert applied.entries == [b"before", b"winner"]
+
+
+def test_a_write_on_a_node_cut_off_from_any_quorum_fails_as_no_leader_not_unknown() -> None:
+    """A node cut off with no quorum never learns of a leader: its command never leaves it,
+    so the caller must hear "no leader, not applied" (safe to send anew), never "outcome
+    unknown" - and a command it did send somewhere keeps the "unknown"."""
+    with LocalCluster(3) as cluster:
+        leader = cluster.leader(committed=True)
+        follower = cluster.follower()
+        cluster.isolate(follower)
+        follower.wait_for(lambda s: s.leader_endpoint is None, WAIT)
+        with pytest.raises(NoLeaderError, match="was not applied"):
+            follower.submit(b"x", timeout=0.5)
+        cluster.isolate(leader)  # the leader's own proposal left it: outcome unknown
+        with pytest.raises(CommitTimeoutError):
+            leader.submit(b"y", timeout=0.3)
 
 
 # -- a snapshot from the leader ----------------------------------------------------------------

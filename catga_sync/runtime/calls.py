@@ -103,16 +103,20 @@ class NodeCalls:
         """
         timeout = self._default_timeout(timeout)
         deadline = time.monotonic() + timeout
+        sent = False  # once it has left this function, its outcome can no longer be known
 
         def attempt() -> Outcome:
+            nonlocal sent
             remaining = deadline - time.monotonic()
             if self._loop is not None and self._loop.failure is not None:
                 raise self._not_running()  # its storage broke: no retry can help
             if self._board.status.is_leader:
+                sent = True
                 return Outcome.coerce(self.propose_indexed(data, timeout=remaining)[1])
             leader = self._board.status.leader_endpoint
             if leader is None or leader == self.raft_id:
                 raise NoLeaderError()
+            sent = True
             index, outcome = self._proposal_client().forward(leader, data, remaining)
             self.wait_applied(index, max(0.0, deadline - time.monotonic()))
             return Outcome.from_json(outcome)
@@ -131,6 +135,15 @@ class NodeCalls:
         try:
             return retrying(attempt)
         except _RETRYABLE as exc:
+            if not sent and self._stopping_event.is_set():
+                raise self._not_running() from exc  # stopped while waiting: never sent
+            if not sent:
+                # A node cut off with a minority never learns of a leader: the command never
+                # left it, so say so (not applied, safe to send anew) rather than "unknown".
+                raise NoLeaderError(
+                    message=f"no leader was known for {timeout:.2f}s: this node cannot reach a "
+                    "quorum of the cluster, and the command was not sent, so it was not applied"
+                ) from exc
             raise CommitTimeoutError(
                 f"the command was not applied within {timeout:.2f}s ({exc}); its outcome is "
                 "unknown. Retrying with the same request id is safe."
