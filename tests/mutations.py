@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = "tests/test_node_contract.py"
+FAULTS = "tests/faults/test_partitions.py"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         '            and self._watch.state == "granted"\n'
         "        )  # MUTATED: the TTL clock check removed\n",
         (f"{CONTRACT}::test_a_lease_is_invalid_past_its_ttl_even_while_its_keeper_sleeps",),
+    ),
+    # The fault harness (root, ip, nft): real processes, real partitions, the checkers.
+    Mutation(
+        "the example's GET /orders/<id> served from the node's own state (no read barrier)",
+        "example_flask/__init__.py",
+        "    order = orders().get(order_id)\n",
+        "    order = orders().local.get(order_id)  # MUTATED: a local, possibly stale read\n",
+        (f"{FAULTS}::test_three_nodes_under_one_kind_of_fault[isolate_leader]",),
+    ),
+    Mutation(
+        "check-quorum removed: a leader cut off from every follower goes on leading",
+        "catga_sync/raft/core.py",
+        "            if self.config.check_quorum and not self._quorum_recently_active():\n",
+        "            if False:  # MUTATED: check-quorum removed\n",
+        (f"{FAULTS}::test_an_isolated_leader_steps_down_and_its_leader_work_stops",),
     ),
 )
 # fmt: on
