@@ -274,6 +274,9 @@ class SqlStorage:
         self._engine: Engine | None = None
         self._ownership: Ownership | None = None
         self._owner_value = ""
+        self._outcome_unknown = False
+        """The last persist failed as unreachable: its commit may have landed all the same (the
+        connection broke while committing), so the retry must not assume the log it knew."""
         self._recheck_ownership = False
         """A new connection was made, or the server was unreachable: on the next persist, make
         sure the ownership lock's session survived (a server restart ends every session)."""
@@ -408,7 +411,11 @@ class SqlStorage:
                     conn.execute(compacted)
                 if entries:
                     first = entries[0].index
-                    if snapshot is not None or first <= self._bounds.last_index:
+                    if (
+                        snapshot is not None
+                        or first <= self._bounds.last_index
+                        or self._outcome_unknown
+                    ):
                         conn.execute(self._delete_from, {"b_node": node, "b_first": first})
                     fast = self._sqlite_statements
                     for batch in _batches(node, entries):
@@ -421,6 +428,7 @@ class SqlStorage:
                     if fast is None or not fast.update_hard_state(conn, node, hard_state):
                         self._write_hard_state(conn, hard_state)
             self._bounds = bounds
+            self._outcome_unknown = False
 
     @contextmanager
     def _unsynced(self, unsynced: bool) -> Iterator[None]:
@@ -683,6 +691,7 @@ class SqlStorage:
                 raise self._damaged(detail) from exc
             if doing == "persist" and not self.is_sqlite and _is_unreachable(exc):
                 self._recheck_ownership = True
+                self._outcome_unknown = True
                 raise StorageUnavailableError(
                     f"could not persist the Raft state of node {self.node_id!r} in "
                     f"{self.describe()}: the database is unreachable ({detail}); nothing was "
