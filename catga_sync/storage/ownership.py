@@ -13,6 +13,9 @@ breaks Raft's safety. So the state is locked, the way its backend allows:
   server-wide.
 
 A second process fails at once with :class:`~catga_sync.errors.StorageError` naming the holder.
+A server restart ends the session, and its lock with it: the storage then calls
+:meth:`Ownership.ensure_held` before its next write, which takes the lock again on a new session
+or, if another process took it meanwhile, refuses (the node stops rather than write).
 """
 
 from __future__ import annotations
