@@ -13,6 +13,9 @@ breaks Raft's safety. So the state is locked, the way its backend allows:
   server-wide.
 
 A second process fails at once with :class:`~catga_sync.errors.StorageError` naming the holder.
+A server restart ends the session, and its lock with it: the storage then calls
+:meth:`Ownership.ensure_held` before its next write, which takes the lock again on a new session
+or, if another process took it meanwhile, refuses (the node stops rather than write).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StorageError
 
@@ -49,6 +53,11 @@ __all__ = [
 
 class Ownership(Protocol):
     """A held ownership lock."""
+
+    def ensure_held(self) -> None:
+        """Check that the lock is still held, taking it again if it went with a database
+        session; raise :class:`StorageError` if another process holds it now."""
+        ...
 
     def release(self) -> None:
         """Drop the lock. Idempotent; never raises."""
@@ -128,6 +137,9 @@ class FileOwnership:
             ) from exc
         return cls(path, fd)
 
+    def ensure_held(self) -> None:
+        """A flock lasts as long as this process and its descriptor: nothing to take again."""
+
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
@@ -174,57 +186,134 @@ def mysql_lock_name(database: str, table_prefix: str, node_id: str) -> str:
     return f"catga_sync:{digest}"
 
 
+_Session = TypeVar("_Session", bound="_SessionOwnership")
+
+
 class _SessionOwnership:
-    """A lock that lives as long as one database session: closing the session drops it."""
+    """A lock that lives as long as one database session: closing the session drops it.
 
-    def __init__(self, conn: Connection, unlock_sql: str, params: Mapping[str, object]) -> None:
-        self._conn: Connection | None = conn
-        self._unlock_sql = unlock_sql
-        self._params = dict(params)
+    So does the server ending the session (a restart, a failover, an administrator's kill):
+    :meth:`ensure_held` then takes the lock again on a new session, unless another process
+    took it first. Subclasses say how to take and release the lock (:meth:`_take`).
+    """
 
-    def release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        # The session may be gone already, and the lock with it.
-        with contextlib.suppress(Exception):
-            conn.execute(text(self._unlock_sql), self._params)
-        # Never hand this session back to the pool: its settings were changed for the lock.
-        with contextlib.suppress(Exception):
-            conn.invalidate()
-            conn.close()
-
-
-class PostgresOwnership(_SessionOwnership):
-    @classmethod
-    def acquire(
-        cls,
+    def __init__(
+        self,
         engine: Engine,
         *,
         node_id: str,
         table_prefix: str,
         where: str,
         owner_hint: Callable[[], str | None],
-    ) -> PostgresOwnership:
-        key = postgres_lock_key(table_prefix, node_id)
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    ) -> None:
+        self._engine = engine
+        self.node_id = node_id
+        self.table_prefix = table_prefix
+        self.where = where
+        self._owner_hint = owner_hint
+        self._conn: Connection | None = None
+        self._released = False
+
+    @classmethod
+    def acquire(
+        cls: type[_Session],
+        engine: Engine,
+        *,
+        node_id: str,
+        table_prefix: str,
+        where: str,
+        owner_hint: Callable[[], str | None],
+    ) -> _Session:
+        """Take the lock on a new session, or raise :class:`StorageError` naming the holder."""
+        ownership = cls(
+            engine, node_id=node_id, table_prefix=table_prefix, where=where, owner_hint=owner_hint
+        )
+        holder = ownership._take_on_new_session()
+        if holder is not None:
+            raise already_running(node_id, where, holder)
+        return ownership
+
+    def ensure_held(self) -> None:
+        """Make sure the lock is still ours: a session that still answers still holds it
+        (only its end drops a session lock); a dead one is replaced and the lock taken again.
+        Raises :class:`StorageError` if another process took the lock meanwhile, and the
+        driver's error (through SQLAlchemy) while the database cannot be reached."""
+        if self._released:
+            raise StorageError(f"the ownership lock of node {self.node_id!r} was released")
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.execute(text("SELECT 1"))
+                return
+            except SQLAlchemyError:
+                self._conn = None
+                _discard(conn)
+        holder = self._take_on_new_session()
+        if holder is not None:
+            raise StorageError(
+                f"node {self.node_id!r} lost its ownership lock on its state {self.where} when "
+                f"its database session ended (a database restart, a failover, a killed "
+                f"session), and another process took it meanwhile: it is now locked by "
+                f"{holder}. Nothing more was written; this node stops. Stop one of the two "
+                "processes: only one may run this node"
+            )
+
+    def release(self) -> None:
+        self._released = True
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        # The session may be gone already, and the lock with it.
+        with contextlib.suppress(Exception):
+            self._unlock(conn)
+        _discard(conn)
+
+    def _take_on_new_session(self) -> str | None:
+        """Open a session and take the lock on it: None once held, else who holds it."""
+        conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            record = holder_record()
-            name = f"catga_sync {node_id} pid {record['pid']}@{record['host']}"
-            conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": name})
-            version = engine.dialect.server_version_info or (0,)
-            if version >= (14,):
-                # An idle session timeout set by the administrator would drop the lock.
-                conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            if not got:
-                holder = _postgres_holder(conn, key, owner_hint)
-                raise already_running(node_id, where, holder)
+            holder = self._take(conn)
         except BaseException:
-            conn.invalidate()
-            conn.close()
+            _discard(conn)
             raise
-        return cls(conn, "SELECT pg_advisory_unlock(:k)", {"k": key})
+        if holder is not None:
+            _discard(conn)
+            return holder
+        self._conn = conn
+        return None
+
+    def _take(self, conn: Connection) -> str | None:
+        """Prepare the session and try the lock once: None when taken, else the holder."""
+        raise NotImplementedError
+
+    def _unlock(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+
+def _discard(conn: Connection) -> None:
+    # Never hand a lock's session back to the pool: its settings were changed for the lock.
+    with contextlib.suppress(Exception):
+        conn.invalidate()
+        conn.close()
+
+
+class PostgresOwnership(_SessionOwnership):
+    def _take(self, conn: Connection) -> str | None:
+        key = postgres_lock_key(self.table_prefix, self.node_id)
+        record = holder_record()
+        name = f"catga_sync {self.node_id} pid {record['pid']}@{record['host']}"
+        conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": name})
+        version = self._engine.dialect.server_version_info or (0,)
+        if version >= (14,):
+            # An idle session timeout set by the administrator would drop the lock.
+            conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
+        if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            return None
+        return _postgres_holder(conn, key, self._owner_hint)
+
+    def _unlock(self, conn: Connection) -> None:
+        key = postgres_lock_key(self.table_prefix, self.node_id)
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
 def _postgres_holder(conn: Connection, key: int, owner_hint: Callable[[], str | None]) -> str:
@@ -253,32 +342,20 @@ def _postgres_holder(conn: Connection, key: int, owner_hint: Callable[[], str | 
 
 
 class MySqlOwnership(_SessionOwnership):
-    @classmethod
-    def acquire(
-        cls,
-        engine: Engine,
-        *,
-        node_id: str,
-        table_prefix: str,
-        where: str,
-        owner_hint: Callable[[], str | None],
-    ) -> MySqlOwnership:
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            database = conn.execute(text("SELECT DATABASE()")).scalar() or ""
-            name = mysql_lock_name(str(database), table_prefix, node_id)
-            # The server closes sessions idle for wait_timeout (8 hours by default), and the
-            # lock with them; this session is idle by design, so ask for the maximum (1 year).
-            conn.execute(text("SET SESSION wait_timeout = 31536000"))
-            got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar()
-            if got != 1:
-                holder = _mysql_holder(conn, name, owner_hint)
-                raise already_running(node_id, where, holder)
-        except BaseException:
-            conn.invalidate()
-            conn.close()
-            raise
-        return cls(conn, "SELECT RELEASE_LOCK(:n)", {"n": name})
+    _name = ""
+
+    def _take(self, conn: Connection) -> str | None:
+        database = conn.execute(text("SELECT DATABASE()")).scalar() or ""
+        self._name = mysql_lock_name(str(database), self.table_prefix, self.node_id)
+        # The server closes sessions idle for wait_timeout (8 hours by default), and the
+        # lock with them; this session is idle by design, so ask for the maximum (1 year).
+        conn.execute(text("SET SESSION wait_timeout = 31536000"))
+        if conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self._name}).scalar() == 1:
+            return None
+        return _mysql_holder(conn, self._name, self._owner_hint)
+
+    def _unlock(self, conn: Connection) -> None:
+        conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self._name})
 
 
 def _mysql_holder(conn: Connection, name: str, owner_hint: Callable[[], str | None]) -> str:

@@ -16,6 +16,12 @@ SQLite the row is re-read only when another connection has written to the file s
 check (``PRAGMA data_version``): a new owner must write its token before it writes anything
 else, so an unchanged file still has ours, and the check costs one pragma instead of a query.
 
+A database server that restarts ends every session, and the ownership lock's with it. So after
+the storage had to open a new connection (the pool's were dead) or a persist found the server
+unreachable, the next persist first makes sure the lock is held again (taking it on a new
+session); if another process took it meanwhile, the persist raises :class:`StorageError` naming
+it, and writes nothing.
+
 The hot path (appending entries, updating the hard state) uses statements built once, so a
 persist does not pay for building and hashing SQL expressions; it skips the delete of
 overwritten entries when the entries only extend the stored log.
@@ -48,6 +54,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     delete,
+    event,
     insert,
     inspect,
     select,
@@ -267,6 +274,12 @@ class SqlStorage:
         self._engine: Engine | None = None
         self._ownership: Ownership | None = None
         self._owner_value = ""
+        self._outcome_unknown = False
+        """The last persist failed as unreachable: its commit may have landed all the same (the
+        connection broke while committing), so the retry must not assume the log it knew."""
+        self._recheck_ownership = False
+        """A new connection was made, or the server was unreachable: on the next persist, make
+        sure the ownership lock's session survived (a server restart ends every session)."""
         self._bounds = LogBounds()
         self._mutex = threading.Lock()
         self._sqlite_statements: SqliteStatements | None = None
@@ -338,6 +351,9 @@ class SqlStorage:
                 engine.dispose()
                 raise
             self._engine, self._ownership, self._owner_value = engine, ownership, owner_value
+            self._recheck_ownership = False
+            if not self.is_sqlite:
+                event.listen(engine, "connect", self._on_new_connection)
             self._bounds = LogBounds.of(state)
             if connection is not None:
                 self._sqlite_statements = SqliteStatements.compile(
@@ -368,6 +384,9 @@ class SqlStorage:
                 self._unsynced(not sync),
                 self._transaction(engine) as conn,
             ):
+                if self._recheck_ownership and self._ownership is not None:
+                    self._ownership.ensure_held()
+                    self._recheck_ownership = False
                 self._check_owner(conn)
                 if not sync and self.is_postgresql:
                     # Committed in the server's memory, flushed by its WAL writer moments later:
@@ -392,7 +411,11 @@ class SqlStorage:
                     conn.execute(compacted)
                 if entries:
                     first = entries[0].index
-                    if snapshot is not None or first <= self._bounds.last_index:
+                    if (
+                        snapshot is not None
+                        or first <= self._bounds.last_index
+                        or self._outcome_unknown
+                    ):
                         conn.execute(self._delete_from, {"b_node": node, "b_first": first})
                     fast = self._sqlite_statements
                     for batch in _batches(node, entries):
@@ -405,6 +428,7 @@ class SqlStorage:
                     if fast is None or not fast.update_hard_state(conn, node, hard_state):
                         self._write_hard_state(conn, hard_state)
             self._bounds = bounds
+            self._outcome_unknown = False
 
     @contextmanager
     def _unsynced(self, unsynced: bool) -> Iterator[None]:
@@ -432,6 +456,11 @@ class SqlStorage:
         if connection is None:
             return engine.begin()
         return begun(connection)
+
+    def _on_new_connection(self, *_: object) -> None:
+        # The pool replaces dead connections (pool_pre_ping) at checkout: after a server
+        # restart the first persist makes a new one, and checks the lock before it writes.
+        self._recheck_ownership = True
 
     def close(self) -> None:
         with self._mutex:
@@ -549,6 +578,8 @@ class SqlStorage:
             value = conn.execute(
                 select(meta.c.value).where(meta.c.node_id == self.node_id, meta.c.key == _OWNER_KEY)
             ).scalar()
+        if value == self._owner_value:
+            return None  # still our row: the new holder has not claimed it yet
         record = json.loads(value) if value else None
         return describe_holder(record) if isinstance(record, dict) else None
 
@@ -659,6 +690,8 @@ class SqlStorage:
             if self.is_sqlite and _is_damage(exc):
                 raise self._damaged(detail) from exc
             if doing == "persist" and not self.is_sqlite and _is_unreachable(exc):
+                self._recheck_ownership = True
+                self._outcome_unknown = True
                 raise StorageUnavailableError(
                     f"could not persist the Raft state of node {self.node_id!r} in "
                     f"{self.describe()}: the database is unreachable ({detail}); nothing was "
