@@ -747,7 +747,23 @@ def _is_unreachable(exc: BaseException) -> bool:
     made. A client-server database keeps what it committed; the write may simply be retried."""
     if getattr(exc, "connection_invalidated", False):
         return True
+    if _is_server_out_of_space(exc):
+        return False  # reachable, and refusing: waiting would hide a full disk forever
     return isinstance(exc, (OperationalError, InterfaceError))
+
+
+_POSTGRES_OUT_OF_SPACE = frozenset({"53100"})  # disk_full
+_MYSQL_OUT_OF_SPACE = frozenset({1021, 1114})  # ER_DISK_FULL, ER_RECORD_FILE_FULL
+
+
+def _is_server_out_of_space(exc: BaseException) -> bool:
+    """The server answered that it has no room to write: an error to stop on and name, as a
+    full disk under SQLite is, not a server to wait for (its connection errors are)."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) in _POSTGRES_OUT_OF_SPACE:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_OUT_OF_SPACE
 
 
 def _is_damage(exc: BaseException) -> bool:

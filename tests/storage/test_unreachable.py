@@ -60,6 +60,28 @@ def test_postgres_connection_errors_are_unreachable() -> None:
         assert _is_unreachable(DBAPIError.instance("SELECT 1", {}, orig, psycopg.Error))
 
 
+@pytest.mark.parametrize("code", [1021, 1114], ids=lambda c: f"mysql-{c}")
+def test_a_mysql_server_out_of_space_is_not_unreachable(code: int) -> None:
+    """A server with a full disk answers, and refuses: the node must stop and say so, not
+    wait for ever as for a restart."""
+    pymysql = pytest.importorskip("pymysql")
+    message = b"Disk full" if code == 1021 else b"The table 'raft_log' is full"
+    try:
+        pymysql.err.raise_mysql_exception(
+            b"\xff" + code.to_bytes(2, "little") + b"#HY000" + message
+        )
+    except pymysql.err.Error as raised:
+        wrapped = DBAPIError.instance("INSERT", {}, raised, pymysql.err.Error)
+    assert isinstance(wrapped, OperationalError)
+    assert not _is_unreachable(wrapped)
+
+
+def test_a_postgres_server_out_of_space_is_not_unreachable() -> None:
+    psycopg = pytest.importorskip("psycopg")
+    orig = psycopg.errors.DiskFull("could not extend file: No space left on device")
+    assert not _is_unreachable(DBAPIError.instance("INSERT", {}, orig, psycopg.Error))
+
+
 @pytest.fixture(params=["postgres", "mysql"])
 def server_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     made = make_backend(request.param, tmp_path)
