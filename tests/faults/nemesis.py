@@ -96,6 +96,15 @@ def duplicating(cluster: FaultCluster, rng: random.Random) -> str:
     return "every packet between nodes sent twice"
 
 
+def congested(cluster: FaultCluster, rng: random.Random) -> str:
+    """The leader's link (or every link) slow and queueing: delays of up to a second that
+    grow with the load, heartbeats stuck behind appends."""
+    names = [_leader_or_any(cluster, rng).name] if rng.random() < 0.5 else cluster.names()
+    for name in names:
+        cluster.network.congested(name)
+    return f"congested links out of {names} (64 kbit/s, queue up to 1 s)"
+
+
 def kill_leader(cluster: FaultCluster, rng: random.Random) -> str:
     node = _leader_or_any(cluster, rng)
     node.kill()
@@ -130,6 +139,7 @@ FAULTS: dict[str, Fault] = {
     "one_way_follower": one_way_follower,
     "lossy": lossy,
     "duplicating": duplicating,
+    "congested": congested,
     "kill_leader": kill_leader,
     "kill_any": kill_any,
     "pause_leader": pause_leader,

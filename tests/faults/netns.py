@@ -9,8 +9,9 @@ clients, in the root namespace on the bridge, keep reaching every node while the
 nodes are cut. ``tc netem`` would add delay, reordering and duplication, but the kernels of
 this machine kind are built without it (``CONFIG_NET_SCH_NETEM`` is not set); nftables gives
 random loss (``numgen``) and duplication (``dup``), and TCP turns loss into delays and
-reordering. Needs root (CI runs as root) and the ``nft`` and ``ip`` commands (.ci/run installs
-Debian's nftables and iproute2).
+reordering, and a token bucket (``tc tbf``) on a node's link makes a congested one whose
+delays grow with the load. Needs root (CI runs as root) and the ``nft``, ``ip`` and ``tc``
+commands (.ci/run installs Debian's nftables and iproute2).
 
 Every fault is a rule in the *receiving* node's input chain or the sending node's output
 chain, so "a cannot hear b" and "b cannot hear a" are separate, and one direction can be lost
@@ -77,6 +78,7 @@ class Network:
         }
         self._veths = {name: f"cf{tag}v{k}" for k, name in enumerate(names)}
         self._up = False
+        self._congested: set[str] = set()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -124,6 +126,9 @@ class Network:
         """Every link whole again."""
         for host in self.hosts.values():
             self._nft(host, f"flush chain ip {TABLE} input\nflush chain ip {TABLE} output\n")
+        for name in self._congested:
+            run(*self.hosts[name].exec_prefix(), "tc", "qdisc", "del", "dev", "eth0", "root")
+        self._congested.clear()
 
     def cut(self, source: str, destination: str) -> None:
         """``destination`` no longer hears ``source`` (one direction)."""
@@ -156,6 +161,15 @@ class Network:
             if other != name:
                 rule = f"add rule ip {TABLE} output ip daddr {host.address} dup to {host.address}\n"
                 self._nft(self.hosts[name], rule)
+
+    def congested(self, name: str, rate: str = "64kbit", latency: str = "1s") -> None:
+        """Everything ``name`` sends leaves at ``rate`` through a token bucket that queues up
+        to ``latency`` before it drops: delays that grow with the load, and messages on
+        different connections overtaking one another (netem's delay is not in this kernel;
+        tbf is). The clients' answers queue too."""
+        run(*self.hosts[name].exec_prefix(), "tc", "qdisc", "replace", "dev", "eth0", "root",
+            "tbf", "rate", rate, "burst", "4kb", "latency", latency)  # fmt: skip
+        self._congested.add(name)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ PARTITIONS_3 = [
     "one_way_follower",
     "lossy",
     "duplicating",
+    "congested",
 ]
 
 
