@@ -14,6 +14,11 @@ leave before the persist: the leader's own persist then counts as its acknowledg
 Time: the core counts ticks. The loop runs every tick that elapsed on the monotonic clock after
 each batch and sleeps on its inbox until the next tick is due, so a late wake-up costs no time.
 Late ticks are counted in the stats, never logged one by one.
+
+Logs: what the core reports in ``Ready.events`` becomes one line each on ``catga_sync.raft``
+(:mod:`~catga_sync.runtime.eventlog`), after the batch is applied; each message sent and
+received is a DEBUG line on ``catga_sync.raft.messages``, checked once per batch or message so
+that it costs nothing while that logger is quiet. ``docs/logging.rst`` lists every line.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from ..errors import CatgaError, ProposalDroppedError, StorageError, StorageUnavailableError
 from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, Ready
 from ..storage.base import Storage
+from .eventlog import EventLog, describe_message, message_log
 from .outbox import Outbox, ReplySlot
 from .status import NodeStats
 
@@ -81,7 +87,8 @@ class RaftLoop:
     ``apply(entry)`` runs each committed normal entry and returns its result for the proposer;
     ``restore(data)`` installs a snapshot; ``snapshot()`` takes one for log compaction every
     ``snapshot_every`` applied entries (None: never). ``published(membership)`` is called after
-    every batch that changed something a status shows.
+    every batch that changed something a status shows. ``name_of`` names a member in the log
+    lines (its Raft id when it returns None).
     """
 
     def __init__(
@@ -99,6 +106,7 @@ class RaftLoop:
         snapshot: Callable[[], bytes] | None,
         snapshot_every: int,
         published: Callable[[Membership | None], None],
+        name_of: Callable[[str | None], str | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -110,6 +118,7 @@ class RaftLoop:
         self._snapshot = snapshot
         self._snapshot_every = snapshot_every
         self._published = published
+        self._events = EventLog(node_id, name_of)
         self._written_hard = hard_state
         self._commit_published = -1
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -261,6 +270,10 @@ class RaftLoop:
 
     def _step(self, core: RaftCore, message: Message) -> None:
         self._stats.messages_received += 1
+        if message_log.isEnabledFor(logging.DEBUG):
+            message_log.debug(
+                "node %s <- %s: %s", self.node_id, message.frm, describe_message(message)
+            )
         try:
             core.step(message)
         except CatgaError as exc:
@@ -318,6 +331,10 @@ class RaftLoop:
             stats.messages_sent += len(ready.messages) + len(ready.early_messages)
             self._apply(ready)  # 3. apply
             core.advance(ready)  # 4. advance
+            if ready.events:
+                self._events.report(ready.events)
+            if message_log.isEnabledFor(logging.DEBUG):
+                self._log_sent(ready)
             if ready.soft_state is not None or ready.committed_entries or ready.membership:
                 changed = True
             if ready.membership is not None:
@@ -325,6 +342,12 @@ class RaftLoop:
         if changed or membership is not None or core.commit_index != self._commit_published:
             self._commit_published = core.commit_index
             self._published(membership)
+
+    def _log_sent(self, ready: Ready) -> None:
+        for message in (*ready.early_messages, *ready.messages):
+            message_log.debug(
+                "node %s -> %s: %s", self.node_id, message.to, describe_message(message)
+            )
 
     def _persist(self, ready: Ready) -> None:
         """Persist ``ready``; a change of the commit index alone without an fsync.
