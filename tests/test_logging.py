@@ -25,10 +25,12 @@ from catga_sync.raft import (
     ElectionLost,
     ElectionWon,
     Entry,
+    InstallSnapshot,
     LeaderSeen,
     Membership,
     RaftEvent,
     SnapshotInstalled,
+    SnapshotMeta,
     SnapshotSent,
     SnapshotTaken,
     StepDownReason,
@@ -221,7 +223,7 @@ def test_votes_are_debug_lines_with_the_reason(
         "node a refused its pre-vote to c for term 5: the log of c is behind its own",
         "node a refused its pre-vote to c for term 5: it follows b",
         "node a ignored the pre-vote request of c for term 6: it heard from leader b within the "
-        "election timeout",
+        "election timeout (leader lease)",
     ]
 
 
@@ -231,6 +233,25 @@ def test_a_message_is_described_without_its_data() -> None:
     assert describe_message(message) == (
         "AppendEntries(term=2, prev_index=7, prev_term=2, entries=[8..9], commit=6)"
     )
+
+
+def test_a_snapshot_chunk_is_described_by_its_place_and_size() -> None:
+    meta = SnapshotMeta(100, 2, Membership(frozenset(NAMES)))
+    message = InstallSnapshot(2, "http://a", "http://b", meta, 0, b"z" * 4975, True, "c0ffee")
+    assert describe_message(message) == (
+        "InstallSnapshot(term=2, meta=(index=100, term=2), offset=0, data=<4975 bytes>, "
+        "done=True, checksum='c0ffee')"
+    )
+
+
+def test_a_leader_that_ignores_a_vote_request_says_it_leads(
+    events: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=RAFT)
+    events.report([VoteCast("http://c", 2, True, False, VoteRefusal.LEADER_LEASE, "http://a")])
+    assert _lines(caplog, logging.DEBUG) == [
+        "node a ignored the pre-vote request of c for term 2: it is the leader (leader lease)"
+    ]
 
 
 # -- real nodes ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ..raft import (
     Message,
     RaftEvent,
     SnapshotInstalled,
+    SnapshotMeta,
     SnapshotSent,
     SnapshotTaken,
     StepDownReason,
@@ -211,14 +212,19 @@ class EventLog:
             )
             return
         if e.refusal is VoteRefusal.LEADER_LEASE:
+            leader = self._name(e.other)
+            lease = (
+                "it is the leader"
+                if leader == self.node_id
+                else f"it heard from leader {leader} within the election timeout"
+            )
             log.debug(
-                "node %s ignored the %s request of %s for term %d: it heard from leader %s "
-                "within the election timeout",
+                "node %s ignored the %s request of %s for term %d: %s (leader lease)",
                 self.node_id,
                 vote,
                 candidate,
                 e.term,
-                self._name(e.other),
+                lease,
             )
             return
         if e.refusal is VoteRefusal.LOG_BEHIND:
@@ -279,6 +285,10 @@ class EventLog:
 
     # -- names ---------------------------------------------------------------------------------
 
+    def name(self, raft_id: str | None) -> str:
+        """A member's name for a log line (its Raft id while its name is unknown)."""
+        return self._name(raft_id)
+
     def _name(self, raft_id: str | None) -> str:
         if raft_id is None:
             return "?"
@@ -300,6 +310,8 @@ def describe_message(message: Message) -> str:
             text = f"<{len(value)} bytes>"
         elif isinstance(value, tuple) and value and isinstance(value[0], Entry):
             text = f"[{value[0].index}..{value[-1].index}]"
+        elif isinstance(value, SnapshotMeta):
+            text = f"(index={value.index}, term={value.term})"
         else:
             text = repr(value) if isinstance(value, str) else str(value)
         parts.append(f"{f.name}={text}")

@@ -272,7 +272,10 @@ class RaftLoop:
         self._stats.messages_received += 1
         if message_log.isEnabledFor(logging.DEBUG):
             message_log.debug(
-                "node %s <- %s: %s", self.node_id, message.frm, describe_message(message)
+                "node %s <- %s: %s",
+                self.node_id,
+                self._events.name(message.frm),
+                describe_message(message),
             )
         try:
             core.step(message)
@@ -346,7 +349,10 @@ class RaftLoop:
     def _log_sent(self, ready: Ready) -> None:
         for message in (*ready.early_messages, *ready.messages):
             message_log.debug(
-                "node %s -> %s: %s", self.node_id, message.to, describe_message(message)
+                "node %s -> %s: %s",
+                self.node_id,
+                self._events.name(message.to),
+                describe_message(message),
             )
 
     def _persist(self, ready: Ready) -> None:
