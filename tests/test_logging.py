@@ -38,7 +38,13 @@ from catga_sync.raft import (
     VoteCast,
     VoteRefusal,
 )
-from catga_sync.runtime.eventlog import REMINDER_SECONDS, EventLog, describe_message
+from catga_sync.runtime.eventlog import (
+    REMINDER_SECONDS,
+    SLOW_WRITE_REPEAT,
+    EventLog,
+    SlowWrites,
+    describe_message,
+)
 
 RAFT = "catga_sync.raft"
 MESSAGES = "catga_sync.raft.messages"
@@ -254,6 +260,24 @@ def test_a_leader_that_ignores_a_vote_request_says_it_leads(
     ]
 
 
+def test_slow_writes_warn_once_a_minute_with_the_count(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="catga_sync.node")
+    slow = SlowWrites("a", 0.075, clock=clock)
+    for _ in range(5):
+        slow.note(0.2)
+        clock.now += SLOW_WRITE_REPEAT / 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "node a: a write to storage took 200 ms, over half the election timeout (150 ms): the "
+        "node cannot tick or answer meanwhile, so expect elections",
+        "node a: a write to storage took 200 ms, over half the election timeout (150 ms): the "
+        "node cannot tick or answer meanwhile, so expect elections (4 since the last)",
+    ]
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 3
+
+
 # -- real nodes ------------------------------------------------------------------------------
 
 
@@ -374,3 +398,28 @@ def test_each_message_is_a_debug_line_on_its_own_logger(
         lines = poll(heartbeat_lines, WAIT, "a DEBUG line per message")
         assert ": Heartbeat(term=" in lines[0] or ": AppendEntries(term=" in lines[0]
         assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == MESSAGES)
+
+
+def test_a_slow_disk_is_a_warning_once_not_per_write(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="catga_sync")
+    with LocalCluster(3) as cluster:
+        leader = cluster.leader()
+        follower = cluster.follower()
+        disk = cluster.disks[cluster.index(follower)]
+        assert disk is not None
+        disk.slow(0.1)  # the election timeout is 150 ms: a write of 100 ms starves the loop
+        for k in range(3):
+            leader.propose(f"c{k}".encode(), timeout=WAIT)
+
+        def warnings() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "catga_sync.node" and r.levelno == logging.WARNING
+            ]
+
+        found = poll(warnings, WAIT, "the slow-write warning")
+        disk.slow(0)
+        assert found[0].startswith(f"node {follower.node_id}: a write to storage took ")
+        assert "over half the election timeout (150 ms)" in found[0]
+        assert len(warnings()) == 1

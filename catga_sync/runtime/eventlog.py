@@ -1,4 +1,4 @@
-"""The core's events as log lines a person can follow (``docs/logging.rst``).
+"""The Raft loop's log lines: the core's events, messages, slow writes (``docs/logging.rst``).
 
 The Raft core reports what happened in ``Ready.events`` (:mod:`catga_sync.raft.events`) and
 never logs; the loop hands each batch's events to :class:`EventLog`, which writes one line per
@@ -42,13 +42,17 @@ from ..raft import (
     VoteRefusal,
 )
 
-__all__ = ["REMINDER_SECONDS", "EventLog", "describe_message"]
+__all__ = ["REMINDER_SECONDS", "SLOW_WRITE_REPEAT", "EventLog", "SlowWrites", "describe_message"]
 
 log = logging.getLogger("catga_sync.raft")
 message_log = logging.getLogger("catga_sync.raft.messages")
+node_log = logging.getLogger("catga_sync.node")
 
 REMINDER_SECONDS = 10.0
 """How often a node that keeps campaigning without a leader says so at INFO."""
+
+SLOW_WRITE_REPEAT = 60.0
+"""Seconds between two WARNING lines about slow writes (the ones between are counted)."""
 
 _CHANGES = {
     ConfigChangeType.ADD_VOTER: "added voter",
@@ -283,11 +287,15 @@ class EventLog:
             e.size,
         )
 
-    # -- names ---------------------------------------------------------------------------------
+    # -- messages and names --------------------------------------------------------------------
 
-    def name(self, raft_id: str | None) -> str:
-        """A member's name for a log line (its Raft id while its name is unknown)."""
-        return self._name(raft_id)
+    def messages(self, direction: str, messages: Iterable[Message]) -> None:
+        """DEBUG lines on ``catga_sync.raft.messages``: ``->`` sent, ``<-`` received."""
+        for m in messages:
+            peer = self._name(m.to if direction == "->" else m.frm)
+            message_log.debug(
+                "node %s %s %s: %s", self.node_id, direction, peer, describe_message(m)
+            )
 
     def _name(self, raft_id: str | None) -> str:
         if raft_id is None:
@@ -297,6 +305,38 @@ class EventLog:
 
     def _names(self, raft_ids: Iterable[str]) -> str:
         return ", ".join(self._name(r) for r in raft_ids)
+
+
+class SlowWrites:
+    """Says on ``catga_sync.node`` that the storage is slow: a write that took ``threshold``
+    seconds or more is a WARNING, then one a minute with the count, DEBUG in between."""
+
+    def __init__(
+        self, node_id: str, threshold: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.node_id = node_id
+        self.threshold = threshold
+        self._clock = clock
+        self._count = 0
+        self._warned_at: float | None = None
+
+    def note(self, took: float) -> None:
+        self._count += 1
+        now = self._clock()
+        if self._warned_at is not None and now - self._warned_at < SLOW_WRITE_REPEAT:
+            node_log.debug("node %s: a write to storage took %.0f ms", self.node_id, took * 1000)
+            return
+        since = "" if self._warned_at is None else f" ({self._count} since the last)"
+        node_log.warning(
+            "node %s: a write to storage took %.0f ms, over half the election timeout "
+            "(%.0f ms): the node cannot tick or answer meanwhile, so expect elections%s",
+            self.node_id,
+            took * 1000,
+            self.threshold * 2000,
+            since,
+        )
+        self._warned_at = now
+        self._count = 0
 
 
 def describe_message(message: Message) -> str:

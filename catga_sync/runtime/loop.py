@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import CatgaError, ProposalDroppedError, StorageError, StorageUnavailableError
 from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, Ready
 from ..storage.base import Storage
-from .eventlog import EventLog, describe_message, message_log
+from .eventlog import EventLog, SlowWrites, message_log
 from .outbox import Outbox, ReplySlot
 from .status import NodeStats
 
@@ -129,6 +129,8 @@ class RaftLoop:
         self._tick_seconds = tick_seconds
         self._tick_origin = time.monotonic()
         self._ticks_done = 0
+        # A write slower than half an election timeout starves the loop's ticks and heartbeats.
+        self._slow_writes = SlowWrites(node_id, core.config.election_ticks * tick_seconds / 2)
         self.failure: BaseException | None = None
         self.storage_unavailable: str | None = None
         """Why the database is unreachable while a write waits for it (None: it is not)."""
@@ -271,12 +273,7 @@ class RaftLoop:
     def _step(self, core: RaftCore, message: Message) -> None:
         self._stats.messages_received += 1
         if message_log.isEnabledFor(logging.DEBUG):
-            message_log.debug(
-                "node %s <- %s: %s",
-                self.node_id,
-                self._events.name(message.frm),
-                describe_message(message),
-            )
+            self._events.messages("<-", (message,))
         try:
             core.step(message)
         except CatgaError as exc:
@@ -337,7 +334,7 @@ class RaftLoop:
             if ready.events:
                 self._events.report(ready.events)
             if message_log.isEnabledFor(logging.DEBUG):
-                self._log_sent(ready)
+                self._events.messages("->", (*ready.early_messages, *ready.messages))
             if ready.soft_state is not None or ready.committed_entries or ready.membership:
                 changed = True
             if ready.membership is not None:
@@ -345,15 +342,6 @@ class RaftLoop:
         if changed or membership is not None or core.commit_index != self._commit_published:
             self._commit_published = core.commit_index
             self._published(membership)
-
-    def _log_sent(self, ready: Ready) -> None:
-        for message in (*ready.early_messages, *ready.messages):
-            message_log.debug(
-                "node %s -> %s: %s",
-                self.node_id,
-                self._events.name(message.to),
-                describe_message(message),
-            )
 
     def _persist(self, ready: Ready) -> None:
         """Persist ``ready``; a change of the commit index alone without an fsync.
@@ -376,6 +364,7 @@ class RaftLoop:
                 self._stats.commit_only_writes_unsynced += 1
         else:
             sync = True
+        started = time.monotonic()
         self._persist_until_reachable(
             hard_state=changed,
             entries=ready.entries,
@@ -385,6 +374,9 @@ class RaftLoop:
         )
         if changed is not None:
             self._written_hard = changed
+        took = time.monotonic() - started
+        if took >= self._slow_writes.threshold and not self.storage_unavailable:
+            self._slow_writes.note(took)
 
     def _persist_until_reachable(self, **write: Any) -> None:
         """Persist; while the database server is unreachable, retry the same write (it is
