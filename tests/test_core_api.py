@@ -221,6 +221,7 @@ def test_advance_with_another_ready_is_refused() -> None:
         early_messages=ready.early_messages,
         read_states=ready.read_states,
         membership=ready.membership,
+        events=ready.events,
     )
 
     with pytest.raises(ValueError, match="the Ready returned by the last ready"):

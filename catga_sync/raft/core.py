@@ -7,6 +7,11 @@ Randomness comes from the ``random.Random`` it is given, so a seed replays a who
 
 A role is a pair of swapped handlers: only the ``_become_*`` methods set ``self._tick`` and
 ``self._step_role``. Comments cite the Raft paper (§) and Ongaro's thesis (thesis §).
+
+What a person would want to read about (a campaign, an election won, a leader stepping down
+and why, a new leader, a membership change, a snapshot) goes into ``Ready.events`` as a
+:mod:`~catga_sync.raft.events` value; the driver logs it. Nothing on the path of a heartbeat or
+a replicated entry makes one, so a steady cluster's Readies carry the shared empty tuple.
 """
 
 from __future__ import annotations
@@ -26,6 +31,21 @@ from ..errors import (
 )
 from .codec import decode_config_entry, encode_config_entry
 from .config import RaftConfig
+from .events import (
+    CampaignStarted,
+    ConfigChangeApplied,
+    ElectionLost,
+    ElectionWon,
+    LeaderSeen,
+    RaftEvent,
+    SnapshotInstalled,
+    SnapshotSent,
+    SnapshotTaken,
+    StepDownReason,
+    SteppedDown,
+    VoteCast,
+    VoteRefusal,
+)
 from .log import RaftLog
 from .messages import (
     AppendEntries,
@@ -123,6 +143,8 @@ class RaftCore:
         self._read_states: list[ReadState] = []
         self._messages: list[Message] = []
         self._early_messages: list[Message] = []
+        self._events: list[RaftEvent] = []
+        self._active_voters: tuple[NodeId, ...] = ()
         self._incoming_snapshot: _IncomingSnapshot | None = None
         self._apply_snapshot = False
         self._snapshot_checksum: tuple[int, str] = (-1, "")
@@ -256,6 +278,7 @@ class RaftCore:
         assert term is not None
         snapshot = Snapshot(SnapshotMeta(index, term, self.membership_at(index)), data)
         self.log.compact(snapshot)
+        self._events.append(SnapshotTaken(index, term, len(data)))
         return snapshot
 
     def membership_at(self, index: int) -> Membership:
@@ -285,6 +308,7 @@ class RaftCore:
             or self._read_states
             or log.unstable_snapshot is not None
             or self.membership is not self._reported_membership
+            or self._events
         )
 
     def ready(self) -> Ready:
@@ -307,17 +331,26 @@ class RaftCore:
             new_soft = None
         snapshot = log.unstable_snapshot
         membership = self.membership
+        committed = log.next_committed_entries(self.config.max_committed_bytes)
+        if committed:
+            self._note_config_changes(committed[0].index, committed[-1].index)
+        if self._events:
+            events: tuple[RaftEvent, ...] = tuple(self._events)
+            self._events = []
+        else:
+            events = ()
         ready = Ready(
             hard_state=new_hard,
             soft_state=new_soft,
             entries=log.unstable_entries(),
             snapshot=snapshot,
             apply_snapshot=self._apply_snapshot and snapshot is not None,
-            committed_entries=log.next_committed_entries(self.config.max_committed_bytes),
+            committed_entries=committed,
             messages=tuple(self._messages),
             early_messages=tuple(self._early_messages),
             read_states=tuple(self._read_states),
             membership=membership if membership != self._reported_membership else None,
+            events=events,
         )
         self._messages = []
         self._early_messages = []
@@ -382,6 +415,14 @@ class RaftCore:
         self.leader_id = leader
         self._tick = self._tick_election
         self._step_role = self._step_follower
+        if leader is not None:
+            self._events.append(LeaderSeen(leader, term))
+
+    def _step_down(self, reason: StepDownReason, term: int, frm: NodeId | None) -> None:
+        """A leader becomes a follower of ``term``; say why in the next Ready."""
+        heard = self._active_voters if reason is StepDownReason.CHECK_QUORUM else ()
+        self._events.append(SteppedDown(self.term, reason, frm, term, heard))
+        self._become_follower(term, None)
 
     def _become_pre_candidate(self) -> None:
         # Thesis §9.6: no term change and no vote; only ask whether we could win.
@@ -442,7 +483,7 @@ class RaftCore:
         self.election_elapsed += 1
         if self.is_voter and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
-            self._campaign(transfer=False)
+            self._campaign()
 
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
@@ -451,7 +492,7 @@ class RaftCore:
             self.election_elapsed = 0
             if self.config.check_quorum and not self._quorum_recently_active():
                 # Thesis §6.2: a leader cut off from the majority steps down.
-                self._become_follower(self.term, None)
+                self._step_down(StepDownReason.CHECK_QUORUM, self.term, None)
                 return
         if self.lead_transferee is not None:
             self._transfer_elapsed += 1
@@ -464,7 +505,8 @@ class RaftCore:
     # ========================================================================================
     # Elections (§5.2)
 
-    def _campaign(self, *, transfer: bool) -> None:
+    def _campaign(self, *, transfer_from: NodeId | None = None) -> None:
+        transfer = transfer_from is not None
         pre_vote = self.config.pre_vote and not transfer
         if pre_vote:
             self._become_pre_candidate()
@@ -472,21 +514,22 @@ class RaftCore:
         else:
             self._become_candidate()
             term = self.term
+        asking = tuple(sorted(self.membership.voters - {self.id}))
+        self._events.append(CampaignStarted(term, pre_vote, asking, transfer_from))
         if self._poll(self.id, True, pre_vote):
             return
-        for node in sorted(self.membership.voters):
-            if node != self.id:
-                self._send(
-                    VoteRequest(
-                        term,
-                        self.id,
-                        node,
-                        self.log.last_index,
-                        self.log.last_term,
-                        pre_vote=pre_vote,
-                        transfer=transfer,
-                    )
+        for node in asking:
+            self._send(
+                VoteRequest(
+                    term,
+                    self.id,
+                    node,
+                    self.log.last_index,
+                    self.log.last_term,
+                    pre_vote=pre_vote,
+                    transfer=transfer,
                 )
+            )
 
     def _poll(self, node: NodeId, granted: bool, pre_vote: bool) -> bool:
         """Count a vote; True when the campaign is decided (won or lost)."""
@@ -498,22 +541,28 @@ class RaftCore:
             if pre_vote:
                 self._campaign_after_pre_vote()
             else:
+                won = tuple(sorted(n for n, g in self.votes.items() if g and n in voters))
+                self._events.append(ElectionWon(self.term, won))
                 self._become_leader()
             return True
         if no >= self._quorum():
+            refused = tuple(sorted(n for n, g in self.votes.items() if not g and n in voters))
+            term = self.term + 1 if pre_vote else self.term
+            self._events.append(ElectionLost(term, pre_vote, refused))
             self._become_follower(self.term, None)
             return True
         return False
 
     def _campaign_after_pre_vote(self) -> None:
         self._become_candidate()
+        asking = tuple(sorted(self.membership.voters - {self.id}))
+        self._events.append(CampaignStarted(self.term, False, asking))
         if self._poll(self.id, True, False):
             return
-        for node in sorted(self.membership.voters):
-            if node != self.id:
-                self._send(
-                    VoteRequest(self.term, self.id, node, self.log.last_index, self.log.last_term)
-                )
+        for node in asking:
+            self._send(
+                VoteRequest(self.term, self.id, node, self.log.last_index, self.log.last_term)
+            )
 
     def _handle_vote_request(self, m: VoteRequest) -> None:
         can_vote = (
@@ -522,13 +571,22 @@ class RaftCore:
             or (m.pre_vote and m.term > self.term)
         )
         # §5.4.1: only for a log at least as up to date as ours.
-        if can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term):
+        up_to_date = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        if can_vote and up_to_date:
             self._send(VoteResponse(m.term, self.id, m.frm, granted=True, pre_vote=m.pre_vote))
+            self._events.append(VoteCast(m.frm, m.term, m.pre_vote, granted=True))
             if not m.pre_vote:
                 self.election_elapsed = 0
                 self.vote = m.frm
         else:
             self._send(VoteResponse(self.term, self.id, m.frm, granted=False, pre_vote=m.pre_vote))
+            if not up_to_date:
+                why, other = VoteRefusal.LOG_BEHIND, None
+            elif self.leader_id is not None:
+                why, other = VoteRefusal.HAS_LEADER, self.leader_id
+            else:
+                why, other = VoteRefusal.VOTED, self.vote
+            self._events.append(VoteCast(m.frm, m.term, m.pre_vote, False, why, other))
 
     def _accept_higher_term(self, m: Message) -> bool:
         """Handle a message from a later term; False when it must be ignored."""
@@ -540,11 +598,19 @@ class RaftCore:
             )
             if in_lease and not m.transfer:
                 # Thesis §4.2.3: we heard from a live leader recently, so we do not help depose it.
+                refusal = VoteRefusal.LEADER_LEASE
+                self._events.append(
+                    VoteCast(m.frm, m.term, m.pre_vote, False, refusal, self.leader_id)
+                )
                 return False
             if m.pre_vote:
                 return True  # a pre-vote never changes our term
         if isinstance(m, VoteResponse) and m.pre_vote and m.granted:
             return True  # granted for the term we would campaign in
+        if self.role is Role.LEADER:
+            transfer = m.frm == self.lead_transferee
+            reason = StepDownReason.TRANSFER if transfer else StepDownReason.HIGHER_TERM
+            self._events.append(SteppedDown(self.term, reason, m.frm, m.term))
         self._become_follower(m.term, m.frm if isinstance(m, _LEADER_MESSAGES) else None)
         return True
 
@@ -574,7 +640,7 @@ class RaftCore:
             self._handle_snapshot(m)
         elif isinstance(m, TimeoutNow):
             if self.is_voter:
-                self._campaign(transfer=True)
+                self._campaign(transfer_from=m.frm)
         elif isinstance(m, ReadIndexRequest):
             self._send(ReadIndexResponse(self.term, self.id, m.frm, m.context, -1))
         elif isinstance(m, ReadIndexResponse):
@@ -611,7 +677,9 @@ class RaftCore:
 
     def _heard_from_leader(self, leader: NodeId) -> None:
         self.election_elapsed = 0
-        self.leader_id = leader
+        if self.leader_id != leader:  # once per leader: this runs for every heartbeat
+            self.leader_id = leader
+            self._events.append(LeaderSeen(leader, self.term))
 
     # ========================================================================================
     # Log replication, follower side (§5.3)
@@ -666,14 +734,14 @@ class RaftCore:
                 SnapshotResponse(self.term, self.id, m.frm, m.meta.index, offset=0, reject=True)
             )
             return
-        self._restore(Snapshot(m.meta, data))
+        self._restore(Snapshot(m.meta, data), m.frm)
         self._send(
             SnapshotResponse(
                 self.term, self.id, m.frm, max(m.meta.index, self.log.committed), 0, done=True
             )
         )
 
-    def _restore(self, snapshot: Snapshot) -> None:
+    def _restore(self, snapshot: Snapshot, leader: NodeId) -> None:
         meta = snapshot.meta
         if meta.index <= self.log.committed:
             return  # we already have (and committed) everything it holds
@@ -684,6 +752,7 @@ class RaftCore:
         self.log.restore(snapshot)
         self._apply_snapshot = True
         self.membership = meta.membership
+        self._events.append(SnapshotInstalled(meta.index, meta.term, len(snapshot.data), leader))
 
     # ========================================================================================
     # Log replication, leader side (§5.3, with etcd-io/raft's flow control)
@@ -778,6 +847,7 @@ class RaftCore:
         snapshot = self.log.snapshot
         assert snapshot is not None, "a compacted log always has a snapshot"
         progress.become_snapshot(snapshot.meta.index)
+        self._events.append(SnapshotSent(to, snapshot.meta.index, len(snapshot.data)))
         self._send_snapshot_chunk(to, progress)
 
     def _send_snapshot_chunk(self, to: NodeId, progress: Progress) -> None:
@@ -847,7 +917,7 @@ class RaftCore:
             successor = self.most_up_to_date_voter()
             if successor is not None:
                 self._send(TimeoutNow(self.term, self.id, successor), early=True)
-            self._become_follower(self.term, None)
+            self._step_down(StepDownReason.REMOVED, self.term, successor)
 
     def _broadcast_heartbeat(self, context: str) -> None:
         for node in sorted(self.progress):
@@ -857,14 +927,17 @@ class RaftCore:
             self._send(Heartbeat(self.term, self.id, node, commit, context), early=True)
 
     def _quorum_recently_active(self) -> bool:
-        active = 0
+        """Whether a majority of voters was heard from since the last check (once per election
+        timeout); who was is kept for the step-down event."""
+        active: list[NodeId] = []
         for node in self.membership.voters:
             progress = self.progress.get(node)
             if node == self.id or (progress is not None and progress.recent_active):
-                active += 1
+                active.append(node)
             if progress is not None and node != self.id:
                 progress.recent_active = False
-        return active >= self._quorum()
+        self._active_voters = tuple(sorted(active))
+        return len(active) >= self._quorum()
 
     def _quorum(self) -> int:
         return len(self.membership.voters) // 2 + 1
@@ -968,6 +1041,13 @@ class RaftCore:
         if self.lead_transferee is not None and self.lead_transferee not in membership.voters:
             self.lead_transferee = None
         self._maybe_commit()
+
+    def _note_config_changes(self, first: int, last: int) -> None:
+        """Report each membership change among the committed entries ``first..last``, handed to
+        the driver in this Ready (one bisect, and nothing when there is none)."""
+        for index in self.log.config_indexes_between(first, last):
+            change, membership = decode_config_entry(self.log.entry(index).data)
+            self._events.append(ConfigChangeApplied(index, change, membership))
 
     # ========================================================================================
     # Plumbing

@@ -168,6 +168,13 @@ class RaftLog:
         index = self._config_indexes[position - 1]
         return self.entry(index) if index > self.offset else None
 
+    def config_indexes_between(self, first: int, last: int) -> list[int]:
+        """The indexes of the membership-change entries in ``first..last`` (inclusive)."""
+        indexes = self._config_indexes
+        if not indexes or indexes[-1] < first:
+            return []  # the common case, with no bisect: no change at or after ``first``
+        return indexes[bisect.bisect_left(indexes, first) : bisect.bisect_right(indexes, last)]
+
     def commit_to(self, index: int) -> None:
         if index > self.committed:
             if index > self.last_index:

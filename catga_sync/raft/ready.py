@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .events import RaftEvent
 from .messages import (
     Entry,
     HardState,
@@ -29,6 +30,9 @@ class Ready:
        answer ``read_states`` once their index is applied.
     4. **Advance**: ``core.advance(ready)``.
 
+    ``events`` say what happened, for people (elections, leaders, membership, snapshots); they
+    bind nothing: handle them at any step, or ignore them.
+
     The core must not be stepped, ticked or proposed to between ``ready()`` and ``advance()``.
     """
 
@@ -52,6 +56,11 @@ class Ready:
     """Read-index results: serve each read once ``index`` is applied."""
     membership: Membership | None
     """The configuration in force, when it changed (it takes effect when appended)."""
+    events: tuple[RaftEvent, ...] = ()
+    """What happened since the last Ready, in order (:mod:`catga_sync.raft.events`): campaigns,
+    elections won and lost, leaders stepping down and seen, membership changes applied,
+    snapshots taken, sent and installed, votes cast. Empty in a steady state: never one per
+    heartbeat or entry."""
 
     @property
     def must_persist(self) -> bool:

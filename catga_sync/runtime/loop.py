@@ -14,6 +14,11 @@ leave before the persist: the leader's own persist then counts as its acknowledg
 Time: the core counts ticks. The loop runs every tick that elapsed on the monotonic clock after
 each batch and sleeps on its inbox until the next tick is due, so a late wake-up costs no time.
 Late ticks are counted in the stats, never logged one by one.
+
+Logs: what the core reports in ``Ready.events`` becomes one line each on ``catga_sync.raft``
+(:mod:`~catga_sync.runtime.eventlog`), after the batch is applied; each message sent and
+received is a DEBUG line on ``catga_sync.raft.messages``, checked once per batch or message so
+that it costs nothing while that logger is quiet. ``docs/logging.rst`` lists every line.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from ..errors import CatgaError, ProposalDroppedError, StorageError, StorageUnavailableError
 from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, Ready
 from ..storage.base import Storage
+from .eventlog import EventLog, SlowWrites, message_log
 from .outbox import Outbox, ReplySlot
 from .status import NodeStats
 
@@ -81,7 +87,8 @@ class RaftLoop:
     ``apply(entry)`` runs each committed normal entry and returns its result for the proposer;
     ``restore(data)`` installs a snapshot; ``snapshot()`` takes one for log compaction every
     ``snapshot_every`` applied entries (None: never). ``published(membership)`` is called after
-    every batch that changed something a status shows.
+    every batch that changed something a status shows. ``name_of`` names a member in the log
+    lines (its Raft id when it returns None).
     """
 
     def __init__(
@@ -99,6 +106,7 @@ class RaftLoop:
         snapshot: Callable[[], bytes] | None,
         snapshot_every: int,
         published: Callable[[Membership | None], None],
+        name_of: Callable[[str | None], str | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -110,6 +118,7 @@ class RaftLoop:
         self._snapshot = snapshot
         self._snapshot_every = snapshot_every
         self._published = published
+        self._events = EventLog(node_id, name_of)
         self._written_hard = hard_state
         self._commit_published = -1
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -120,6 +129,8 @@ class RaftLoop:
         self._tick_seconds = tick_seconds
         self._tick_origin = time.monotonic()
         self._ticks_done = 0
+        # A write slower than half an election timeout starves the loop's ticks and heartbeats.
+        self._slow_writes = SlowWrites(node_id, core.config.election_ticks * tick_seconds / 2)
         self.failure: BaseException | None = None
         self.storage_unavailable: str | None = None
         """Why the database is unreachable while a write waits for it (None: it is not)."""
@@ -261,6 +272,8 @@ class RaftLoop:
 
     def _step(self, core: RaftCore, message: Message) -> None:
         self._stats.messages_received += 1
+        if message_log.isEnabledFor(logging.DEBUG):
+            self._events.messages("<-", (message,))
         try:
             core.step(message)
         except CatgaError as exc:
@@ -318,6 +331,10 @@ class RaftLoop:
             stats.messages_sent += len(ready.messages) + len(ready.early_messages)
             self._apply(ready)  # 3. apply
             core.advance(ready)  # 4. advance
+            if ready.events:
+                self._events.report(ready.events)
+            if message_log.isEnabledFor(logging.DEBUG):
+                self._events.messages("->", (*ready.early_messages, *ready.messages))
             if ready.soft_state is not None or ready.committed_entries or ready.membership:
                 changed = True
             if ready.membership is not None:
@@ -347,6 +364,7 @@ class RaftLoop:
                 self._stats.commit_only_writes_unsynced += 1
         else:
             sync = True
+        started = time.monotonic()
         self._persist_until_reachable(
             hard_state=changed,
             entries=ready.entries,
@@ -356,6 +374,9 @@ class RaftLoop:
         )
         if changed is not None:
             self._written_hard = changed
+        took = time.monotonic() - started
+        if took >= self._slow_writes.threshold and not self.storage_unavailable:
+            self._slow_writes.note(took)
 
     def _persist_until_reachable(self, **write: Any) -> None:
         """Persist; while the database server is unreachable, retry the same write (it is

@@ -247,6 +247,7 @@ class RaftNode(NodeCalls):
             snapshot=None if self._applier else machines.snapshot,
             snapshot_every=config.snapshot_every,
             published=self._on_batch,
+            name_of=self.name_of,
         )
         return loop
 

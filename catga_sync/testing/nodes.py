@@ -19,6 +19,7 @@ from ..raft import (
     PersistedState,
     RaftConfig,
     RaftCore,
+    RaftEvent,
     ReadState,
     Ready,
     Snapshot,
@@ -120,6 +121,8 @@ class _Node:
     machine: SimStateMachine
     applied: list[tuple[int, int]] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    events: list[RaftEvent] = field(default_factory=list)
+    """Every ``Ready.events`` this node produced, in order, across restarts."""
 
     @property
     def alive(self) -> bool:

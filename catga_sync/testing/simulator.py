@@ -419,6 +419,8 @@ class SimulatedCluster:
                 self._send(node, message)
             self._apply(node, ready)
             node.read_states.extend(ready.read_states)
+            if ready.events:
+                node.events.extend(ready.events)
             core.advance(ready)
 
     def _apply(self, node: _Node, ready: Ready) -> None:
