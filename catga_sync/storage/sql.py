@@ -762,7 +762,7 @@ def _is_server_out_of_space(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None) or exc
     if getattr(orig, "sqlstate", None) in _POSTGRES_OUT_OF_SPACE:
         return True
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = getattr(orig, "args", ())
     return bool(args) and args[0] in _MYSQL_OUT_OF_SPACE
 
 
