@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import weakref
@@ -9,7 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+import click
 from flask import Flask, current_app, has_app_context
+from flask.cli import FlaskGroup
 
 from ..config import ClusterConfig
 from ..errors import AlreadyRegisteredError, NotRegisteredError
@@ -49,9 +52,12 @@ class CatgaCluster:
 
     ``init_app`` reads ``CATGA_CLUSTER_*`` config (or takes a :class:`ClusterConfig`),
     registers the peer RPC blueprint under ``/_catga`` and the operational routes
-    (``/health``, ``/livez``, ``/readyz``, ``/cluster``, ``/metrics``), and starts the node —
-    except in the Werkzeug reloader's watching process, where the app is only imported.
-    The extension never stores the app: per-app state lives in ``app.extensions["catga"]``.
+    (``/health``, ``/livez``, ``/readyz``, ``/cluster``, ``/metrics``), and starts the node in
+    the process that serves the app — not in the Werkzeug reloader's watching process, nor in
+    a ``flask`` command other than ``flask run`` (``flask routes``, ``flask shell``, ...),
+    where the app is only loaded. A started node is stopped at interpreter exit, handing
+    leadership over first (:func:`stop_nodes`). The extension never stores the app: per-app
+    state lives in ``app.extensions["catga"]``.
     """
 
     def __init__(
@@ -102,7 +108,16 @@ class CatgaCluster:
                 config.node_id,
             )
             return
-        node.start()
+        command = _flask_command()
+        if command is not None and command != "run":
+            log.info(
+                "catga_sync: not starting node %s in `flask %s`: only a serving process joins "
+                "the cluster (call cluster.start() in a command that needs the node)",
+                config.node_id,
+                command,
+            )
+            return
+        _start(node)
 
     # -- access from views and app code --------------------------------------------------------
 
@@ -164,8 +179,9 @@ class CatgaCluster:
         return decorate if view is None else decorate(view)
 
     def start(self, app: Flask | None = None) -> ClusterNode:
-        """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``)."""
-        return self.state_of(app).node.start()
+        """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``, or in a
+        ``flask`` command, where init_app leaves it unstarted); it stops at interpreter exit."""
+        return _start(self.state_of(app).node)
 
     def stop(self, app: Flask | None = None, **kwargs: Any) -> None:
         """Stop the node, handing leadership over first when it leads."""
@@ -246,6 +262,50 @@ class CatgaCluster:
         self._deferred.append(register)
         for node in list(self._nodes):
             register(node)
+
+
+# -- lifecycle helpers ---------------------------------------------------------------------------
+
+_started_nodes: weakref.WeakSet[ClusterNode] = weakref.WeakSet()
+"""Nodes the extension started in this process (a forked child forgets its parent's)."""
+
+
+def _start(node: ClusterNode) -> ClusterNode:
+    node.start()
+    _started_nodes.add(node)
+    return node
+
+
+def stop_nodes(*, transfer: bool = True, timeout: float | None = None) -> None:
+    """Stop every node a :class:`CatgaCluster` started in this process, a leader handing
+    leadership over first (``node.stop()``; stopping a stopped node does nothing).
+
+    Registered with :mod:`atexit` (logging, registered earlier, still works then); call it from a
+    server's own exit hook (gunicorn's ``worker_exit``, ``example_flask/gunicorn.conf.py``),
+    which runs before the interpreter's exit and while the peers can still be reached.
+    """
+    for node in list(_started_nodes):
+        try:
+            node.stop(transfer=transfer, timeout=timeout)
+        except Exception:  # at exit: stop the others all the same
+            log.exception("catga_sync: node %s failed to stop", node.node_id)
+
+
+atexit.register(stop_nodes)
+
+if hasattr(os, "register_at_fork"):
+    # The parent's nodes are the parent's to stop: their threads did not survive the fork.
+    os.register_at_fork(after_in_child=lambda: _started_nodes.clear())
+
+
+def _flask_command() -> str | None:
+    """The ``flask`` command loading the app (``"run"``, ``"routes"``, ``"flask"`` while the
+    group lists or looks up commands), or None outside the Flask CLI (gunicorn, tests, scripts,
+    your own click program)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not isinstance(ctx.find_root().command, FlaskGroup):
+        return None
+    return ctx.info_name or ctx.command.name or "flask"
 
 
 def _in_reloader_parent(app: Flask) -> bool:
