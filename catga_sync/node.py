@@ -16,6 +16,7 @@ is the one place that assembles it with the features, each an extension in
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from .mediator import Mediator
 
 __all__ = ["ClusterNode", "NodeStats", "NodeStatus"]
+
+log = logging.getLogger("catga_sync.node")
 
 
 class ClusterNode(RaftNode):
@@ -78,6 +81,25 @@ class ClusterNode(RaftNode):
         self.add_extension(ForwardingGuard(mediator))
         if serve_http:
             self.add_extension(EmbeddedServer())
+        self._memory_warning = (
+            storage is None and config.persistent_state_path is None and len(config.voters) > 1
+        )
+
+    def start(self) -> ClusterNode:
+        """Start the node (:meth:`RaftNode.start <catga_sync.runtime.RaftNode.start>`); a member
+        of a multi-node cluster on in-memory state says at start what that risks."""
+        super().start()
+        if self._memory_warning:
+            self._memory_warning = False  # once: start is idempotent
+            log.warning(
+                "node %s keeps its Raft state in memory in a cluster of %d voters: restarted "
+                "quickly, it forgets its vote and may vote twice in one term, electing two "
+                "leaders. Set persistent_state_path (Cluster__PersistentStatePath, "
+                "CATGA_CLUSTER_PERSISTENT_STATE_PATH) to a directory or a database URL.",
+                self.node_id,
+                len(self.config.voters),
+            )
+        return self
 
     @property
     def coordinator(self) -> ClusterCoordinator:
