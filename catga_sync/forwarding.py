@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import tenacity
 
+from .config_values import Duration, seconds
 from .coordinator import ClusterCoordinator
 from .errors import (
     CatgaError,
@@ -170,10 +171,11 @@ class ForwardToLeaderBehavior:
         coordinator: ClusterCoordinator | NodeHandle,
         forwarder: ClusterForwarder | None = None,
         *,
-        timeout: float = DEFAULT_FORWARD_TIMEOUT,
+        timeout: Duration = DEFAULT_FORWARD_TIMEOUT,
         wait: tenacity.wait.wait_base | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        timeout = seconds(timeout)
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._coordinator: ClusterCoordinator = (

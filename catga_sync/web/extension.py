@@ -15,6 +15,7 @@ from flask import Flask, current_app, has_app_context
 from flask.cli import FlaskGroup
 
 from ..config import ClusterConfig
+from ..config_values import Duration
 from ..errors import AlreadyRegisteredError, NotRegisteredError
 from ..fsm import StateMachine
 from ..node import ClusterNode
@@ -164,11 +165,11 @@ class CatgaCluster:
 
     @overload
     def forward_to_leader(
-        self, view: None = None, /, *, timeout: float = ...
+        self, view: None = None, /, *, timeout: Duration = ...
     ) -> Callable[[F], F]: ...
 
     def forward_to_leader(
-        self, view: F | None = None, /, *, timeout: float = DEFAULT_FORWARD_TIMEOUT
+        self, view: F | None = None, /, *, timeout: Duration = DEFAULT_FORWARD_TIMEOUT
     ) -> F | Callable[[F], F]:
         """View decorator: run on the leader; a follower relays the request there and returns
         its answer, status and headers intact (``@cluster.forward_to_leader`` or
@@ -191,8 +192,8 @@ class CatgaCluster:
         self,
         name: str,
         *,
-        ttl: float = 30.0,
-        timeout: float | None = None,
+        ttl: Duration = 30.0,
+        timeout: Duration | None = None,
         owner: str | None = None,
         app: Flask | None = None,
     ) -> Any:
@@ -276,7 +277,7 @@ def _start(node: ClusterNode) -> ClusterNode:
     return node
 
 
-def stop_nodes(*, transfer: bool = True, timeout: float | None = None) -> None:
+def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> None:
     """Stop every node a :class:`CatgaCluster` started in this process, a leader handing
     leadership over first (``node.stop()``; stopping a stopped node does nothing).
 
