@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ClusterConfig
 from .coordinator import ClusterCoordinator
-from .forwarding import ForwardingGuard
+from .forwarding import ClusterForwarder, ForwardingGuard, default_forwarder
 from .jobs import LeaderJobs
 from .locks import LeaseMonitor
 from .raft import Entry
@@ -49,7 +49,9 @@ class ClusterNode(RaftNode):
     In a Flask app, :class:`~catga_sync.web.CatgaCluster` creates and starts it; in a worker
     process without Flask, ``ClusterNode(config).start()`` also serves the peer RPC from an
     embedded threaded HTTP server on the local endpoint's port (``serve_http=False``: not).
-    ``mediator`` runs the commands forwarded to ``POST {url_prefix}/forward``.
+    ``mediator`` runs the commands forwarded to ``POST {url_prefix}/forward``; ``forwarder``
+    is the default :class:`~catga_sync.forwarding.ClusterForwarder` of every
+    :class:`~catga_sync.forwarding.ForwardToLeaderBehavior` on this node (default: HTTP).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ClusterNode(RaftNode):
         rng: random.Random | None = None,
         session_ttl: float = 3600.0,
         mediator: Mediator | None = None,
+        forwarder: ClusterForwarder | None = None,
     ) -> None:
         super().__init__(
             config,
@@ -78,7 +81,7 @@ class ClusterNode(RaftNode):
         self.add_extension(ClusterCoordinator())
         self.add_extension(SingletonTasks())
         self.add_extension(LeaderJobs())
-        self.add_extension(ForwardingGuard(mediator))
+        self.add_extension(ForwardingGuard(mediator, forwarder=forwarder))
         if serve_http:
             self.add_extension(EmbeddedServer())
         self._memory_warning = (
@@ -105,6 +108,11 @@ class ClusterNode(RaftNode):
     def coordinator(self) -> ClusterCoordinator:
         """The guide's ``IClusterCoordinator``: who leads, and leadership events."""
         return ClusterCoordinator.of(self)
+
+    @property
+    def forwarder(self) -> ClusterForwarder:
+        """The forwarder this node's forward-to-leader behaviors use unless given another."""
+        return default_forwarder(self)
 
     @property
     def mediator(self) -> Mediator | None:

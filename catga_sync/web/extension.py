@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
     from ..coordinator import ClusterCoordinator
+    from ..forwarding import ClusterForwarder
     from ..mediator import Mediator
     from ..state import StateHandle
 
@@ -59,6 +60,8 @@ class CatgaCluster:
     where the app is only loaded. A started node is stopped at interpreter exit, handing
     leadership over first (:func:`stop_nodes`). The extension never stores the app: per-app
     state lives in ``app.extensions["catga"]``.
+    ``forwarder`` is the default :class:`~catga_sync.forwarding.ClusterForwarder` of every
+    ``ForwardToLeaderBehavior`` on the app's node (default: HTTP).
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class CatgaCluster:
         ops_routes: bool = True,
         state_machines: Sequence[StateMachine | type[StateMachine]] = (),
         mediator: Mediator | None = None,
+        forwarder: ClusterForwarder | None = None,
     ) -> None:
         self._config = config
+        self._forwarder = forwarder
         self._mediator = mediator
         self._scheduler = scheduler
         self._ops_routes = ops_routes
@@ -90,7 +95,11 @@ class CatgaCluster:
             )
         config = self._config or ClusterConfig.from_flask_config(app.config)
         node = ClusterNode(
-            config, scheduler=self._scheduler, serve_http=False, mediator=self._mediator
+            config,
+            scheduler=self._scheduler,
+            serve_http=False,
+            mediator=self._mediator,
+            forwarder=self._forwarder,
         )
         for machine in self._state_machines:
             # A class gets a fresh instance per app: two apps must not share state.
