@@ -52,6 +52,7 @@ setup(
             "pytest-timeout",
             "hypothesis",
             "prometheus_client>=0.17",
+            "gunicorn>=22",  # tests/e2e runs the example under it (example_flask/gunicorn.conf.py)
         ],
         "docs": ["sphinx>=7", "furo"],
     },

@@ -9,11 +9,15 @@ import math
 import re
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import TypeAlias, overload
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["derive_node_id", "normalize_endpoint", "parse_duration"]
+__all__ = ["Duration", "derive_node_id", "normalize_endpoint", "parse_duration", "seconds"]
+
+Duration: TypeAlias = "float | timedelta"
+"""A duration an API takes: a number of seconds, or a :class:`~datetime.timedelta`."""
 
 NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
 HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
@@ -145,6 +149,21 @@ def parse_duration(value: object, *, key: str = "duration") -> timedelta:
     except (OverflowError, InvalidOperation):
         raise ConfigError(f"{key}: {value!r} is too long a duration") from None
     raise ConfigError(f"{key}: cannot read {value!r} as a duration; write {_DURATION_FORMS}")
+
+
+@overload
+def seconds(value: None) -> None: ...
+@overload
+def seconds(value: Duration) -> float: ...
+
+
+def seconds(value: Duration | None) -> float | None:
+    """``value`` in seconds: a ``timedelta`` becomes its ``total_seconds()``; a number (or
+    None, or anything else, for the caller's own check to name) is returned as it is. Every
+    API that takes a timeout, TTL or wait reads it through this."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
 
 
 def _timespan(match: re.Match[str], value: str, key: str) -> timedelta:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from blinker import Namespace
 
+from .config_values import Duration, seconds
 from .errors import NoLeaderError, NotRegisteredError
 from .raft import Role
 from .runtime.extension import Extension
@@ -119,7 +120,8 @@ class ClusterCoordinator(Extension):
     def remove_leadership_callback(self, callback: LeadershipCallback) -> None:
         self._callbacks.remove(callback)
 
-    def wait_for_leader(self, timeout: float) -> str:
+    def wait_for_leader(self, timeout: Duration) -> str:
+        timeout = seconds(timeout)
         """Block until some node leads; returns its endpoint. Raises NoLeaderError."""
         try:
             status = self._node.wait_for(lambda s: s.leader_endpoint is not None, timeout)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import tenacity
 
+from .config_values import Duration, seconds
 from .coordinator import ClusterCoordinator
 from .errors import (
     CatgaError,
@@ -78,6 +79,7 @@ __all__ = [
     "LeaderOnlyBehavior",
     "LeaderUnreachableError",
     "decode_forward_request",
+    "default_forwarder",
     "encode_forward_request",
     "fingerprint",
     "guard_for",
@@ -170,10 +172,11 @@ class ForwardToLeaderBehavior:
         coordinator: ClusterCoordinator | NodeHandle,
         forwarder: ClusterForwarder | None = None,
         *,
-        timeout: float = DEFAULT_FORWARD_TIMEOUT,
+        timeout: Duration = DEFAULT_FORWARD_TIMEOUT,
         wait: tenacity.wait.wait_base | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        timeout = seconds(timeout)
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._coordinator: ClusterCoordinator = (
@@ -190,9 +193,8 @@ class ForwardToLeaderBehavior:
 
     @property
     def forwarder(self) -> ClusterForwarder:
-        if self._forwarder is None:
-            self._forwarder = HttpClusterForwarder.for_node(self._coordinator.node)
-        return self._forwarder
+        """The forwarder given, else the node's default (:func:`default_forwarder`)."""
+        return self._forwarder or default_forwarder(self._coordinator.node)
 
     def __call__(self, command: Any, next_: Next) -> Any:
         dispatch = current_dispatch()
@@ -322,13 +324,23 @@ class ForwardingGuard(Extension):
 
     name = "forwarding"
 
-    def __init__(self, mediator: Mediator | None = None) -> None:
+    def __init__(
+        self, mediator: Mediator | None = None, *, forwarder: ClusterForwarder | None = None
+    ) -> None:
         if mediator is not None and not isinstance(mediator, Mediator):
             raise TypeError(
                 f"ForwardingGuard takes the mediator whose commands it runs, not "
                 f"{type(mediator).__name__} (it is installed with node.add_extension)"
             )
+        if forwarder is not None and not callable(getattr(forwarder, "forward", None)):
+            raise TypeError(
+                f"forwarder= takes a ClusterForwarder (an object with a forward(command, "
+                f"leader_endpoint, *, timeout, idempotency_key) method), not "
+                f"{type(forwarder).__name__}"
+            )
         self.mediator = mediator
+        self.forwarder = forwarder
+        """The node's default forwarder (``ClusterNode(forwarder=...)``); None: HTTP."""
         self._mutex = threading.Lock()
         self._locks: dict[str, list[Any]] = {}  # key -> [lock, users]
 
@@ -438,6 +450,21 @@ def _capture(run: Callable[[], Any], encode: Callable[[Any], Any]) -> GuardedRun
 
 def _error_json(exc: BaseException) -> dict[str, Any]:
     return {"error": {"type": error_type_name(exc), "message": str(exc)}}
+
+
+def default_forwarder(node: NodeHandle) -> ClusterForwarder:
+    """The forwarder every :class:`ForwardToLeaderBehavior` of ``node`` uses unless given
+    another (the guide's one ``IClusterForwarder`` for the whole app): the one given to
+    ``ClusterNode(forwarder=...)`` / ``CatgaCluster(forwarder=...)``, else an
+    :class:`HttpClusterForwarder` for the node, made once."""
+    found = node.extensions.get(ForwardingGuard.name)
+    guard = found if isinstance(found, ForwardingGuard) else None
+    if guard is not None and guard.forwarder is not None:
+        return guard.forwarder
+    http = HttpClusterForwarder.for_node(node)  # type: ignore[arg-type]
+    if guard is not None:
+        guard.forwarder = http
+    return http
 
 
 def guard_for(node: NodeHandle) -> ForwardingGuard:

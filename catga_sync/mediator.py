@@ -43,6 +43,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, overload
 
+from .config_values import Duration, seconds
 from .errors import (
     InvalidCommandError,
     RegistrationError,
@@ -231,7 +232,7 @@ class Mediator:
         command: object,
         *,
         idempotency_key: str | None = None,
-        timeout: float | None = None,
+        timeout: Duration | None = None,
         forwarded: bool = False,
     ) -> Any:
         """Run ``command`` through its pipeline and handler; return the handler's result.
@@ -254,7 +255,7 @@ class Mediator:
             command_name=registration.name,
             idempotency_key=idempotency_key,
             forwarded=forwarded,
-            deadline=None if timeout is None else time.monotonic() + timeout,
+            deadline=None if timeout is None else time.monotonic() + seconds(timeout),
         )
         token = _current.set(dispatch)
         try:

@@ -16,13 +16,14 @@ is the one place that assembles it with the features, each an extension in
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import ClusterConfig
 from .coordinator import ClusterCoordinator
-from .forwarding import ForwardingGuard
+from .forwarding import ClusterForwarder, ForwardingGuard, default_forwarder
 from .jobs import LeaderJobs
 from .locks import LeaseMonitor
 from .raft import Entry
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterNode", "NodeStats", "NodeStatus"]
 
+log = logging.getLogger("catga_sync.node")
+
 
 class ClusterNode(RaftNode):
     """One member of a catga_sync cluster, with every built-in feature.
@@ -46,7 +49,9 @@ class ClusterNode(RaftNode):
     In a Flask app, :class:`~catga_sync.web.CatgaCluster` creates and starts it; in a worker
     process without Flask, ``ClusterNode(config).start()`` also serves the peer RPC from an
     embedded threaded HTTP server on the local endpoint's port (``serve_http=False``: not).
-    ``mediator`` runs the commands forwarded to ``POST {url_prefix}/forward``.
+    ``mediator`` runs the commands forwarded to ``POST {url_prefix}/forward``; ``forwarder``
+    is the default :class:`~catga_sync.forwarding.ClusterForwarder` of every
+    :class:`~catga_sync.forwarding.ForwardToLeaderBehavior` on this node (default: HTTP).
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class ClusterNode(RaftNode):
         rng: random.Random | None = None,
         session_ttl: float = 3600.0,
         mediator: Mediator | None = None,
+        forwarder: ClusterForwarder | None = None,
     ) -> None:
         super().__init__(
             config,
@@ -75,14 +81,38 @@ class ClusterNode(RaftNode):
         self.add_extension(ClusterCoordinator())
         self.add_extension(SingletonTasks())
         self.add_extension(LeaderJobs())
-        self.add_extension(ForwardingGuard(mediator))
+        self.add_extension(ForwardingGuard(mediator, forwarder=forwarder))
         if serve_http:
             self.add_extension(EmbeddedServer())
+        self._memory_warning = (
+            storage is None and config.persistent_state_path is None and len(config.voters) > 1
+        )
+
+    def start(self) -> ClusterNode:
+        """Start the node (:meth:`RaftNode.start <catga_sync.runtime.RaftNode.start>`); a member
+        of a multi-node cluster on in-memory state says at start what that risks."""
+        super().start()
+        if self._memory_warning:
+            self._memory_warning = False  # once: start is idempotent
+            log.warning(
+                "node %s keeps its Raft state in memory in a cluster of %d voters: restarted "
+                "quickly, it forgets its vote and may vote twice in one term, electing two "
+                "leaders. Set persistent_state_path (Cluster__PersistentStatePath, "
+                "CATGA_CLUSTER_PERSISTENT_STATE_PATH) to a directory or a database URL.",
+                self.node_id,
+                len(self.config.voters),
+            )
+        return self
 
     @property
     def coordinator(self) -> ClusterCoordinator:
         """The guide's ``IClusterCoordinator``: who leads, and leadership events."""
         return ClusterCoordinator.of(self)
+
+    @property
+    def forwarder(self) -> ClusterForwarder:
+        """The forwarder this node's forward-to-leader behaviors use unless given another."""
+        return default_forwarder(self)
 
     @property
     def mediator(self) -> Mediator | None:

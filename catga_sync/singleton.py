@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .config_values import Duration
+from .config_values import seconds as to_seconds
 from .errors import AlreadyRegisteredError, CatgaError, NodeNotRunningError, NotRegisteredError
 from .runtime.extension import Extension
 from .runtime.leadership import LeadershipChange, LeadershipWatch
@@ -90,11 +92,12 @@ class TaskContext:
         status = self.node.status
         return status.is_leader and status.term == self.fencing_token
 
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``, waking at once when told to stop; True when told to stop."""
-        return self.stop_event.wait(seconds)
+    def wait(self, seconds: Duration) -> bool:
+        """Sleep up to ``seconds`` (or a ``timedelta``), waking at once when told to stop; True
+        when told to stop."""
+        return self.stop_event.wait(to_seconds(seconds))
 
-    def confirm_leadership(self, timeout: float | None = None) -> bool:
+    def confirm_leadership(self, timeout: Duration | None = None) -> bool:
         """Ask a majority whether this node still leads in the run's term (a linearizable read
         barrier: one heartbeat round trip on a healthy leader). False when it does not or when
         no majority answered within ``timeout`` — a paused or partitioned old leader learns
@@ -104,7 +107,7 @@ class TaskContext:
         if timeout is None:
             timeout = self.node.timeouts.confirm_leadership
         try:
-            self.node.read_barrier(timeout=timeout)
+            self.node.read_barrier(timeout=to_seconds(timeout))
         except CatgaError:
             return False
         return self.is_valid()
@@ -284,7 +287,7 @@ class SingletonTasks(Extension):
     def stop(self) -> None:
         self.close()
 
-    def close(self, timeout: float = 0.0) -> bool:
+    def close(self, timeout: Duration = 0.0) -> bool:
         """Tell every run to stop and start no more; wait up to ``timeout`` for them to
         return. True when none is still running. (Runs on its own when the node stops.)"""
         with self._cond:
@@ -293,7 +296,7 @@ class SingletonTasks(Extension):
                 if task.ctx is not None:
                     task.ctx.stop_event.set()
             self._cond.notify_all()
-            deadline = self._clock() + timeout
+            deadline = self._clock() + to_seconds(timeout)
             while any(t.thread is not None for t in self._tasks.values()):
                 left = deadline - self._clock()
                 if left <= 0:

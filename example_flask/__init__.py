@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,9 +108,13 @@ class ApiError(CatgaError):
 
 
 def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flask:
-    """The app factory: reads ``CATGA_CLUSTER_*`` keys unless a ClusterConfig is given."""
+    """The app factory: reads the guide's ``Cluster__*`` environment variables when there are
+    any (``gunicorn 'example_flask:create_app()'``, ``example_flask/gunicorn.conf.py``), else
+    ``CATGA_CLUSTER_*`` keys, unless a ClusterConfig is given."""
     app = Flask(__name__)
     app.config.update(flask_config)
+    if config is None and any(key.lower().startswith("cluster__") for key in os.environ):
+        config = ClusterConfig.from_env(os.environ)
     if config is not None:
         CatgaCluster(app, config=config, state_machines=[Orders], mediator=mediator)
     else:

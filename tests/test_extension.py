@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
+from flask.cli import FlaskGroup, ScriptInfo
 
 from catga_sync.config import ClusterConfig
 from catga_sync.errors import AlreadyRegisteredError, CatgaError, NotRegisteredError
-from catga_sync.web.extension import CatgaCluster
+from catga_sync.web.extension import CatgaCluster, stop_nodes
 from example_flask.__main__ import build_config, parse_args
 
 ENDPOINT = "http://localhost:7411"
@@ -188,3 +192,104 @@ def test_cluster_config_object_can_be_passed_directly() -> None:
         assert cluster.state_of(app).config is config
     finally:
         cluster.stop(app)
+
+
+# -- the Flask CLI: only `flask run` joins the cluster --------------------------------------------
+
+
+def _cli_factory(made: list[Flask]) -> FlaskGroup:
+    def create_app() -> Flask:
+        app = make_app()
+        CatgaCluster(app)
+        made.append(app)
+        return app
+
+    return FlaskGroup(create_app=create_app)
+
+
+def test_flask_routes_loads_the_app_without_starting_its_node() -> None:
+    made: list[Flask] = []
+    cli = _cli_factory(made)
+    runner = Flask("placeholder").test_cli_runner()
+    result = runner.invoke(cli, ["routes"], obj=ScriptInfo(create_app=cli.create_app))
+    assert result.exit_code == 0, result.output
+    assert "/_catga" in result.output and "/health" in result.output
+    (app,) = made
+    node = CatgaCluster.state_of(app).node
+    assert not node.running
+    node.stop()  # nothing to stop; does not raise
+
+
+def test_an_app_command_runs_with_the_node_unstarted_unless_it_starts_it() -> None:
+    made: list[Flask] = []
+    cli = _cli_factory(made)
+    seen: list[bool] = []
+
+    @cli.command("peek")
+    def peek() -> None:
+        app = made[-1]
+        seen.append(CatgaCluster.state_of(app).node.running)
+        CatgaCluster.state_of(app).cluster.start(app)  # a command that needs the node
+        seen.append(CatgaCluster.state_of(app).node.running)
+        CatgaCluster.state_of(app).cluster.stop(app)
+
+    runner = Flask("placeholder").test_cli_runner()
+    result = runner.invoke(cli, ["peek"], obj=ScriptInfo(create_app=cli.create_app))
+    assert result.exit_code == 0, result.output
+    assert seen == [False, True]
+
+
+def test_flask_run_starts_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Flask] = []
+    cli = _cli_factory(made)
+    served: list[bool] = []
+
+    def run_simple(*args: object, **kwargs: object) -> None:  # instead of serving forever
+        served.append(CatgaCluster.state_of(made[-1]).node.running)
+
+    monkeypatch.setattr("flask.cli.run_simple", run_simple)
+    runner = Flask("placeholder").test_cli_runner()
+    result = runner.invoke(cli, ["run"], obj=ScriptInfo(create_app=cli.create_app))
+    try:
+        assert result.exit_code == 0, result.output
+        assert served == [True]
+    finally:
+        CatgaCluster.state_of(made[-1]).node.stop()
+
+
+# -- interpreter exit ------------------------------------------------------------------------------
+
+
+def test_stop_nodes_stops_started_nodes_and_is_registered_at_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = make_app()
+    cluster = CatgaCluster(app)
+    node = cluster.state_of(app).node
+    node.wait_for(lambda s: s.is_leader, 10)
+    stop_nodes()
+    assert not node.running
+    stop_nodes()  # idempotent: a stopped node stays stopped, quietly
+
+
+def test_a_process_that_exits_stops_its_node_handing_leadership_over(tmp_path: Path) -> None:
+    # A real interpreter exit runs the atexit hook: the node logs that it stopped.
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import logging, sys\n"
+        "from flask import Flask\n"
+        "from catga_sync.web.extension import CatgaCluster\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+        "app = Flask('exit')\n"
+        f"app.config.update(CATGA_CLUSTER_LOCAL_NODE_ENDPOINT={ENDPOINT!r},\n"
+        "                  CATGA_CLUSTER_NODE_ID='solo')\n"
+        "node = CatgaCluster(app).state_of(app).node\n"
+        "node.wait_for(lambda s: s.is_leader, 10)\n"
+        "print('LEADING', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LEADING" in done.stdout
+    assert "node solo stopped" in done.stdout + done.stderr

@@ -37,6 +37,7 @@ from catga_sync.forwarding import (
     IdempotencyKeyReusedError,
     LeaderOnlyBehavior,
     LeaderUnreachableError,
+    default_forwarder,
     guard_for,
 )
 from catga_sync.idempotency import IdempotencyTable
@@ -809,3 +810,64 @@ def test_without_a_leader_the_decorators_answer_503() -> None:
         server.shutdown()
         server.server_close()
         CatgaCluster.state_of(app).node.stop(transfer=False)
+
+
+# -- the node's default forwarder (the guide's one IClusterForwarder for the whole app) ----------
+
+
+class RecordingForwarder:
+    """A ClusterForwarder that says what it was asked and answers for the leader."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, str]] = []
+
+    def forward(
+        self, command: Any, leader_endpoint: str, *, timeout: float, idempotency_key: str
+    ) -> Any:
+        self.sent.append((command, leader_endpoint))
+        return {"node": "via-default-forwarder"}
+
+
+def test_without_a_forwarder_the_behavior_uses_the_nodes_default_http_one() -> None:
+    node = unstarted_node()
+    default = node.forwarder
+    assert isinstance(default, HttpClusterForwarder)
+    assert default.sender_id == node.raft_id
+    assert node.forwarder is default  # made once, shared by every behavior
+    assert ForwardToLeaderBehavior(node).forwarder is default
+    assert default_forwarder(node) is default
+
+
+def test_a_forwarder_given_to_the_node_or_the_extension_is_every_behaviors_default() -> None:
+    forwarder = RecordingForwarder()
+    endpoint = "http://127.0.0.1:1"
+    config = ClusterConfig(local_node_endpoint=endpoint, members=(endpoint,), node_id="idle")
+    node = ClusterNode(config, storage=MemoryStorage("idle"), forwarder=forwarder)
+    assert node.forwarder is forwarder
+    assert ForwardToLeaderBehavior(node).forwarder is forwarder
+    assert ForwardToLeaderBehavior(node.coordinator).forwarder is forwarder
+    own = RecordingForwarder()
+    assert ForwardToLeaderBehavior(node, own).forwarder is own  # one given wins
+
+    app = Flask("default_forwarder")
+    app.config.update(CATGA_CLUSTER_LOCAL_NODE_ENDPOINT=endpoint, CATGA_CLUSTER_AUTOSTART=False)
+    CatgaCluster(app, forwarder=forwarder)
+    assert CatgaCluster.state_of(app).node.forwarder is forwarder
+
+
+def test_a_follower_forwards_through_the_clusters_default_forwarder(cluster: Cluster) -> None:
+    follower = cluster.follower()
+    forwarder = RecordingForwarder()
+    guard_for(follower).forwarder = forwarder  # as ClusterNode(forwarder=...) sets it
+    mediator = build_mediator("unused")
+    mediator.add_behavior(ForwardToLeaderBehavior(follower), for_=CreateOrder)
+    command = CreateOrder(new_ref(), "ida", 3)
+    assert mediator.send(command) == {"node": "via-default-forwarder"}
+    assert forwarder.sent == [(command, cluster.leader().raft_id)]
+
+
+def test_a_forwarder_that_is_not_one_is_refused_naming_the_protocol() -> None:
+    endpoint = "http://127.0.0.1:1"
+    config = ClusterConfig(local_node_endpoint=endpoint, members=(endpoint,), node_id="idle")
+    with pytest.raises(TypeError, match=r"takes a ClusterForwarder .*forward\(command"):
+        ClusterNode(config, storage=MemoryStorage("idle"), forwarder="http")  # type: ignore[arg-type]

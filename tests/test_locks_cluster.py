@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeVar
 
 import pytest
@@ -108,6 +109,25 @@ def test_the_guides_api_works_through_the_coordinator(cluster: Cluster) -> None:
         assert again is None
     assert not lease.is_valid()
     assert not lease.lost.is_set()  # released, not lost
+
+
+def test_durations_may_be_timedeltas_as_in_the_configuration(cluster: Cluster) -> None:
+    follower, leader = cluster.followers()[0], cluster.leader()
+    lease = DistributedLock.try_acquire(
+        follower.coordinator, "timed", timeout=timedelta(seconds=5), ttl=timedelta(seconds=10)
+    )
+    assert lease is not None and lease.is_valid()
+    with lease:
+        assert lease.ttl == 10.0
+        started = time.monotonic()
+        assert locks.try_acquire(leader, "timed", timeout=timedelta(milliseconds=200)) is None
+        assert time.monotonic() - started >= 0.2
+        with pytest.raises(LockNotAcquiredError, match=r"within 0\.2s"):
+            locks.acquire(leader, "timed", timeout=timedelta(milliseconds=200))
+    with locks.lock(leader, "timed", ttl=timedelta(seconds=5), timeout=timedelta(0)) as again:
+        assert again.ttl == 5.0
+    with pytest.raises(InvalidLockRequestError, match=r"or a timedelta"):
+        locks.acquire(leader, "timed", ttl=timedelta(days=400))
 
 
 def test_waiters_are_woken_in_arrival_order_when_the_lock_is_freed(cluster: Cluster) -> None:

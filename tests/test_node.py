@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import LocalCluster, poll
@@ -192,3 +193,43 @@ def test_a_read_index_request_lost_on_the_way_is_asked_again(cluster: Cluster) -
     index = follower.read_barrier(timeout=5.0)
     assert index >= 1
     assert time.monotonic() - started < 2.0  # answered by the retry at 0.3 s, not at 5 s
+
+
+def _members(count: int) -> tuple[str, ...]:
+    from helpers.wait import free_ports
+
+    return tuple(f"http://127.0.0.1:{port}" for port in free_ports(count))
+
+
+@pytest.mark.parametrize(
+    ("voters", "state_path", "warned"),
+    [(3, None, True), (1, None, False), (3, "db", False)],
+    ids=["3-voters-in-memory", "1-voter-in-memory", "3-voters-on-sqlite"],
+)
+def test_a_multi_node_cluster_on_in_memory_state_warns_at_start(
+    voters: int,
+    state_path: str | None,
+    warned: bool,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from catga_sync.config import ClusterConfig
+
+    members = _members(voters)
+    config = ClusterConfig(
+        local_node_endpoint=members[0],
+        members=members,
+        persistent_state_path=None if state_path is None else str(tmp_path),
+    )
+    node = ClusterNode(config, serve_http=False)
+    caplog.set_level("WARNING", logger="catga_sync.node")
+    try:
+        node.start()
+        node.start()  # idempotent: one warning
+    finally:
+        node.stop(transfer=False)
+    memory = [r for r in caplog.records if "keeps its Raft state in memory" in r.getMessage()]
+    assert len(memory) == (1 if warned else 0)
+    if warned:
+        assert "vote twice in one term" in memory[0].getMessage()
+        assert "persistent_state_path" in memory[0].getMessage()

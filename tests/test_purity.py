@@ -308,6 +308,7 @@ RUNTIME_MAY_IMPORT = (
     "catga_sync.raft",
     "catga_sync.fsm",
     "catga_sync.config",
+    "catga_sync.config_values",  # parsing of durations and endpoints, beside config
     "catga_sync.errors",
     "catga_sync.storage",
     "catga_sync.transport",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from ..config_values import Duration, seconds
 from ..coordinator import ClusterCoordinator
 from ..errors import (
     CatgaError,
@@ -248,14 +249,15 @@ def acquire(
     target: NodeHandle | ClusterCoordinator,
     name: str,
     *,
-    ttl: float = DEFAULT_TTL,
-    timeout: float | None = None,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration | None = None,
     owner: str | None = None,
     auto_renew: bool = True,
 ) -> Lease:
     """Acquire lock ``name`` through ``target`` (a node or its coordinator), from any node.
 
-    Waits up to ``timeout`` seconds in the lock's queue (first come, first served; ``None``:
+    ``ttl`` and ``timeout`` are seconds or ``timedelta``. Waits up to ``timeout`` in the lock's
+    queue (first come, first served; ``None``:
     as long as it takes, up to a day; ``0``: do not wait) and raises
     :class:`~catga_sync.errors.LockNotAcquiredError` when it did not get it.
     :class:`~catga_sync.errors.InvalidLockRequestError` for a bad name, TTL, owner or timeout,
@@ -263,8 +265,8 @@ def acquire(
     """
     node = _node_of(target)
     check_name(name)
-    ttl = check_ttl(ttl)
-    wait = MAX_WAIT if timeout is None else check_wait(timeout)
+    ttl = check_ttl(seconds(ttl))
+    wait = MAX_WAIT if timeout is None else check_wait(seconds(timeout))
     owner = check_owner(_default_owner(node) if owner is None else owner)
     monitor = _monitor_of(node)
     clock = monitor.clock
@@ -314,8 +316,8 @@ def try_acquire(
     target: NodeHandle | ClusterCoordinator,
     name: str,
     *,
-    ttl: float = DEFAULT_TTL,
-    timeout: float = 0.0,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration = 0.0,
     owner: str | None = None,
     auto_renew: bool = True,
 ) -> Lease | None:
@@ -332,8 +334,8 @@ def lock(
     target: NodeHandle | ClusterCoordinator,
     name: str,
     *,
-    ttl: float = DEFAULT_TTL,
-    timeout: float | None = None,
+    ttl: Duration = DEFAULT_TTL,
+    timeout: Duration | None = None,
     owner: str | None = None,
     auto_renew: bool = True,
 ) -> Iterator[Lease]:
@@ -361,9 +363,9 @@ class DistributedLock:
     def try_acquire(
         coordinator: ClusterCoordinator | NodeHandle,
         resource: str,
-        timeout: float = 0.0,
+        timeout: Duration = 0.0,
         *,
-        ttl: float = DEFAULT_TTL,
+        ttl: Duration = DEFAULT_TTL,
         owner: str | None = None,
         auto_renew: bool = True,
     ) -> Lease | None:

@@ -71,7 +71,8 @@ def check_holder(holder: object) -> str:
 def check_ttl(ttl: object) -> float:
     if not _is_number(ttl) or not MIN_TTL <= ttl <= MAX_TTL:  # NaN fails both comparisons
         raise InvalidLockRequestError(
-            f"a lock TTL must be a number of seconds from {MIN_TTL:g} to {MAX_TTL:g}, not {ttl!r}"
+            f"a lock TTL must be a number of seconds (or a timedelta) from {MIN_TTL:g} to "
+            f"{MAX_TTL:g}, not {ttl!r}"
         )
     return float(ttl)
 
@@ -79,7 +80,8 @@ def check_ttl(ttl: object) -> float:
 def check_wait(wait: object) -> float:
     if not _is_number(wait) or not 0 <= wait <= MAX_WAIT:
         raise InvalidLockRequestError(
-            f"a lock wait must be a number of seconds from 0 to {MAX_WAIT:g} (or None on the "
+            f"a lock wait must be a number of seconds (or a timedelta) from 0 to {MAX_WAIT:g} "
+            f"(or None on the "
             f"client: wait as long as it takes), not {wait!r}"
         )
     return float(wait)

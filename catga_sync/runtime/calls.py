@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import tenacity
 
 from ..config import ClusterConfig, Timeouts
+from ..config_values import Duration, seconds
 from ..errors import (
     CommitTimeoutError,
     ForwardingError,
@@ -57,12 +58,12 @@ class NodeCalls:
     def running(self) -> bool:
         raise NotImplementedError  # the node's lifecycle decides
 
-    def run_on_loop(self, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+    def run_on_loop(self, fn: Callable[[], T], *, timeout: Duration | None = None) -> T:
         """Run ``fn()`` on the Raft loop, between two batches (state machines are consistent
         there), and return its result."""
         return self._call(lambda core: fn(), self._default_timeout(timeout))
 
-    def propose(self, data: bytes, *, timeout: float | None = None) -> Any:
+    def propose(self, data: bytes, *, timeout: Duration | None = None) -> Any:
         """Append ``data`` to the log through this node (which must lead) and wait until it is
         applied here; returns what the applier returned for it.
 
@@ -73,7 +74,7 @@ class NodeCalls:
         return self.propose_indexed(data, timeout=timeout)[1]
 
     def propose_indexed(
-        self, data: bytes, *, timeout: float | None = None, origin: str | None = None
+        self, data: bytes, *, timeout: Duration | None = None, origin: str | None = None
     ) -> tuple[int, Any]:
         """Like :meth:`propose`, and also return the entry's log index. ``origin``: the Raft id
         of the follower that forwarded the proposal, which then learns of its commit at once
@@ -92,7 +93,7 @@ class NodeCalls:
                 "Retrying with the same request id is safe."
             ) from None
 
-    def submit(self, data: bytes, *, timeout: float | None = None) -> Outcome:
+    def submit(self, data: bytes, *, timeout: Duration | None = None) -> Outcome:
         """Run a command entry (:func:`catga_sync.fsm.encode_command`) through the cluster from
         any node, and return its outcome once it is applied *on this node*.
 
@@ -160,7 +161,7 @@ class NodeCalls:
             )
         return self._proposals
 
-    def read_barrier(self, *, timeout: float | None = None) -> int:
+    def read_barrier(self, *, timeout: Duration | None = None) -> int:
         """Wait until this node has applied everything committed before the call (a
         linearizable read point, thesis §6.4); returns that index.
 
@@ -198,7 +199,7 @@ class NodeCalls:
                     loop.forget_read(context)
 
     def transfer_leadership(
-        self, target: str | None = None, *, timeout: float | None = None
+        self, target: str | None = None, *, timeout: Duration | None = None
     ) -> None:
         """Ask this leader to hand leadership to ``target`` (default: the most up-to-date
         follower). Returns once asked; watch :attr:`status` for the outcome."""
@@ -210,21 +211,21 @@ class NodeCalls:
 
         self._call(transfer, self._default_timeout(timeout))
 
-    def wait_applied(self, index: int, timeout: float) -> None:
+    def wait_applied(self, index: int, timeout: Duration) -> None:
         """Block until this node has applied ``index``; raises CommitTimeoutError."""
         try:
             self.wait_for(lambda s: s.last_applied >= index, timeout)
         except TimeoutError:
             raise CommitTimeoutError(
-                f"node {self.node_id} did not apply index {index} within {timeout:.2f}s"
+                f"node {self.node_id} did not apply index {index} within {seconds(timeout):.2f}s"
             ) from None
 
-    def wait_for(self, predicate: Callable[[NodeStatus], bool], timeout: float) -> NodeStatus:
+    def wait_for(self, predicate: Callable[[NodeStatus], bool], timeout: Duration) -> NodeStatus:
         """Block until ``predicate(status)`` holds; raises TimeoutError after ``timeout``."""
-        return self._board.wait_for(predicate, timeout, self.node_id)
+        return self._board.wait_for(predicate, seconds(timeout), self.node_id)
 
-    def _default_timeout(self, timeout: float | None) -> float:
-        return self.timeouts.call if timeout is None else timeout
+    def _default_timeout(self, timeout: Duration | None) -> float:
+        return self.timeouts.call if timeout is None else seconds(timeout)
 
     def _call(self, fn: Callable[[RaftCore], T], timeout: float) -> T:
         """Run ``fn(core)`` on the Raft loop and return its result (or raise its error)."""

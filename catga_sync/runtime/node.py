@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import ClusterConfig
+from ..config_values import Duration, seconds
 from ..errors import (
     AlreadyRegisteredError,
     CatgaError,
@@ -251,7 +252,7 @@ class RaftNode(NodeCalls):
         )
         return loop
 
-    def stop(self, *, transfer: bool = True, timeout: float | None = None) -> None:
+    def stop(self, *, transfer: bool = True, timeout: Duration | None = None) -> None:
         """Stop the node. A leader first hands leadership to its most up-to-date follower, so
         the cluster does not wait an election timeout; then the extensions stop (in reverse
         order), then the loop, the pacemaker job, the transport and the storage. Idempotent."""
@@ -261,7 +262,7 @@ class RaftNode(NodeCalls):
             self._stopping = True
             self._stopping_event.set()
         if transfer and self.running and not self._fork.forked:
-            self._hand_off(timeout or self.timeouts.hand_off)
+            self._hand_off(seconds(timeout) or self.timeouts.hand_off)
         if self._started:
             self._stop_extensions(list(self.extensions.values()))
         with self._lifecycle:

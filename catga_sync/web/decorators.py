@@ -29,6 +29,7 @@ import requests
 import tenacity
 from flask import Response, jsonify, request
 
+from ..config_values import Duration, seconds
 from ..errors import NoLeaderError, NotLeaderError
 from ..forwarding import not_leader_error, stop_at
 from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT, HEADER_HOP
@@ -88,11 +89,13 @@ def leader_only(get_node: Callable[[], ClusterNode]) -> Callable[[F], F]:
 def forward_to_leader(
     get_node: Callable[[], ClusterNode],
     *,
-    timeout: float = DEFAULT_FORWARD_TIMEOUT,
-    connect_timeout: float | None = None,
+    timeout: Duration = DEFAULT_FORWARD_TIMEOUT,
+    connect_timeout: Duration | None = None,
 ) -> Callable[[F], F]:
     """Decorator: run the view on the leader; on a follower relay the request there and return
-    the leader's answer intact. ``timeout`` bounds the whole relay, retries included."""
+    the leader's answer intact. ``timeout`` (seconds or ``timedelta``) bounds the whole relay,
+    retries included."""
+    timeout, connect_timeout = seconds(timeout), seconds(connect_timeout)
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     relay = _Relay(timeout, connect_timeout)

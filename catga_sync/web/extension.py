@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import weakref
@@ -9,9 +10,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+import click
 from flask import Flask, current_app, has_app_context
+from flask.cli import FlaskGroup
 
 from ..config import ClusterConfig
+from ..config_values import Duration
 from ..errors import AlreadyRegisteredError, NotRegisteredError
 from ..fsm import StateMachine
 from ..node import ClusterNode
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
     from ..coordinator import ClusterCoordinator
+    from ..forwarding import ClusterForwarder
     from ..mediator import Mediator
     from ..state import StateHandle
 
@@ -49,9 +54,14 @@ class CatgaCluster:
 
     ``init_app`` reads ``CATGA_CLUSTER_*`` config (or takes a :class:`ClusterConfig`),
     registers the peer RPC blueprint under ``/_catga`` and the operational routes
-    (``/health``, ``/livez``, ``/readyz``, ``/cluster``, ``/metrics``), and starts the node —
-    except in the Werkzeug reloader's watching process, where the app is only imported.
-    The extension never stores the app: per-app state lives in ``app.extensions["catga"]``.
+    (``/health``, ``/livez``, ``/readyz``, ``/cluster``, ``/metrics``), and starts the node in
+    the process that serves the app — not in the Werkzeug reloader's watching process, nor in
+    a ``flask`` command other than ``flask run`` (``flask routes``, ``flask shell``, ...),
+    where the app is only loaded. A started node is stopped at interpreter exit, handing
+    leadership over first (:func:`stop_nodes`). The extension never stores the app: per-app
+    state lives in ``app.extensions["catga"]``.
+    ``forwarder`` is the default :class:`~catga_sync.forwarding.ClusterForwarder` of every
+    ``ForwardToLeaderBehavior`` on the app's node (default: HTTP).
     """
 
     def __init__(
@@ -63,8 +73,10 @@ class CatgaCluster:
         ops_routes: bool = True,
         state_machines: Sequence[StateMachine | type[StateMachine]] = (),
         mediator: Mediator | None = None,
+        forwarder: ClusterForwarder | None = None,
     ) -> None:
         self._config = config
+        self._forwarder = forwarder
         self._mediator = mediator
         self._scheduler = scheduler
         self._ops_routes = ops_routes
@@ -83,7 +95,11 @@ class CatgaCluster:
             )
         config = self._config or ClusterConfig.from_flask_config(app.config)
         node = ClusterNode(
-            config, scheduler=self._scheduler, serve_http=False, mediator=self._mediator
+            config,
+            scheduler=self._scheduler,
+            serve_http=False,
+            mediator=self._mediator,
+            forwarder=self._forwarder,
         )
         for machine in self._state_machines:
             # A class gets a fresh instance per app: two apps must not share state.
@@ -102,7 +118,16 @@ class CatgaCluster:
                 config.node_id,
             )
             return
-        node.start()
+        command = _flask_command()
+        if command is not None and command != "run":
+            log.info(
+                "catga_sync: not starting node %s in `flask %s`: only a serving process joins "
+                "the cluster (call cluster.start() in a command that needs the node)",
+                config.node_id,
+                command,
+            )
+            return
+        _start(node)
 
     # -- access from views and app code --------------------------------------------------------
 
@@ -149,11 +174,11 @@ class CatgaCluster:
 
     @overload
     def forward_to_leader(
-        self, view: None = None, /, *, timeout: float = ...
+        self, view: None = None, /, *, timeout: Duration = ...
     ) -> Callable[[F], F]: ...
 
     def forward_to_leader(
-        self, view: F | None = None, /, *, timeout: float = DEFAULT_FORWARD_TIMEOUT
+        self, view: F | None = None, /, *, timeout: Duration = DEFAULT_FORWARD_TIMEOUT
     ) -> F | Callable[[F], F]:
         """View decorator: run on the leader; a follower relays the request there and returns
         its answer, status and headers intact (``@cluster.forward_to_leader`` or
@@ -164,8 +189,9 @@ class CatgaCluster:
         return decorate if view is None else decorate(view)
 
     def start(self, app: Flask | None = None) -> ClusterNode:
-        """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``)."""
-        return self.state_of(app).node.start()
+        """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``, or in a
+        ``flask`` command, where init_app leaves it unstarted); it stops at interpreter exit."""
+        return _start(self.state_of(app).node)
 
     def stop(self, app: Flask | None = None, **kwargs: Any) -> None:
         """Stop the node, handing leadership over first when it leads."""
@@ -175,8 +201,8 @@ class CatgaCluster:
         self,
         name: str,
         *,
-        ttl: float = 30.0,
-        timeout: float | None = None,
+        ttl: Duration = 30.0,
+        timeout: Duration | None = None,
         owner: str | None = None,
         app: Flask | None = None,
     ) -> Any:
@@ -246,6 +272,50 @@ class CatgaCluster:
         self._deferred.append(register)
         for node in list(self._nodes):
             register(node)
+
+
+# -- lifecycle helpers ---------------------------------------------------------------------------
+
+_started_nodes: weakref.WeakSet[ClusterNode] = weakref.WeakSet()
+"""Nodes the extension started in this process (a forked child forgets its parent's)."""
+
+
+def _start(node: ClusterNode) -> ClusterNode:
+    node.start()
+    _started_nodes.add(node)
+    return node
+
+
+def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> None:
+    """Stop every node a :class:`CatgaCluster` started in this process, a leader handing
+    leadership over first (``node.stop()``; stopping a stopped node does nothing).
+
+    Registered with :mod:`atexit` (logging, registered earlier, still works then); call it from a
+    server's own exit hook (gunicorn's ``worker_exit``, ``example_flask/gunicorn.conf.py``),
+    which runs before the interpreter's exit and while the peers can still be reached.
+    """
+    for node in list(_started_nodes):
+        try:
+            node.stop(transfer=transfer, timeout=timeout)
+        except Exception:  # at exit: stop the others all the same
+            log.exception("catga_sync: node %s failed to stop", node.node_id)
+
+
+atexit.register(stop_nodes)
+
+if hasattr(os, "register_at_fork"):
+    # The parent's nodes are the parent's to stop: their threads did not survive the fork.
+    os.register_at_fork(after_in_child=lambda: _started_nodes.clear())
+
+
+def _flask_command() -> str | None:
+    """The ``flask`` command loading the app (``"run"``, ``"routes"``, ``"flask"`` while the
+    group lists or looks up commands), or None outside the Flask CLI (gunicorn, tests, scripts,
+    your own click program)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not isinstance(ctx.find_root().command, FlaskGroup):
+        return None
+    return ctx.info_name or ctx.command.name or "flask"
 
 
 def _in_reloader_parent(app: Flask) -> bool:
