@@ -964,6 +964,7 @@ class RaftCore:
                 self.progress[node] = Progress(self.log.last_index + 1, self.config.max_inflight)
         for node in list(self.progress):
             if node not in membership.nodes and node != self.id:
+                self._send_append(node)  # a last append tells it of its removal: no campaigns
                 del self.progress[node]
         if self.lead_transferee is not None and self.lead_transferee not in membership.voters:
             self.lead_transferee = None

@@ -39,6 +39,7 @@ from .calls import NodeCalls
 from .extension import Extension
 from .fork import ForkGuard
 from .loop import RaftLoop
+from .membership import NodeMembership
 from .outbox import Outbox, ReplySlot
 from .state import ClientSession, StateHandle
 from .status import NodeStats, NodeStatus, StatusBoard, StatusListener
@@ -56,7 +57,7 @@ E = TypeVar("E", bound=Extension)
 N = TypeVar("N", bound="RaftNode")
 
 
-class RaftNode(NodeCalls):
+class RaftNode(NodeCalls, NodeMembership):
     """One member of a catga_sync cluster, without features: the engine.
 
     ``storage`` and ``transport`` default to the configured SQL or memory storage and the HTTP
@@ -89,6 +90,9 @@ class RaftNode(NodeCalls):
         self._rng = rng or random.Random(hash((config.raft_id, os.getpid(), time.time_ns())))
         self._client = ClientSession(f"{config.node_id}-{uuid.uuid4().hex[:12]}")
         self._proposals: ProposalClient | None = None
+        self._admin_client = None
+        self._change_lock = threading.Lock()
+        self._change_running: str | None = None
         self._loop: RaftLoop | None = None
         self._pacemaker = Pacemaker(
             self.node_id,
@@ -115,10 +119,12 @@ class RaftNode(NodeCalls):
                 commit_index=0,
                 commit_term=0,
                 last_applied=0,
-                members=tuple(sorted(config.voters)),
+                members=() if config.join else tuple(sorted(config.voters)),
                 running=False,
+                membership="joining" if config.join else "voter",
             ),
             self.stats,
+            joining=config.join,
         )
 
     # ========================================================================================
@@ -220,6 +226,7 @@ class RaftNode(NodeCalls):
         if persisted.snapshot is not None and self._applier is None:
             self.state_machines.restore(persisted.snapshot.data)
         core = RaftCore(config.raft_config(), rng=self._rng, persisted=persisted)
+        self._warn_if_members_differ(core.membership)
         if self._transport is None:
             from ..transport.http import HttpTransport
 
