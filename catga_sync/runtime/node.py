@@ -93,6 +93,9 @@ class RaftNode(NodeCalls, NodeMembership):
         self._admin_client = None
         self._change_lock = threading.Lock()
         self._change_running: str | None = None
+        self._peers: frozenset[str] = frozenset()
+        self._leaving: dict[str, float] = {}
+        """Removed peers whose sender lives on until this monotonic time."""
         self._loop: RaftLoop | None = None
         self._pacemaker = Pacemaker(
             self.node_id,
@@ -227,6 +230,7 @@ class RaftNode(NodeCalls, NodeMembership):
             self.state_machines.restore(persisted.snapshot.data)
         core = RaftCore(config.raft_config(), rng=self._rng, persisted=persisted)
         self._warn_if_members_differ(core.membership)
+        self._peers = frozenset(core.membership.nodes) - {self.raft_id}
         if self._transport is None:
             from ..transport.http import HttpTransport
 
@@ -418,11 +422,29 @@ class RaftNode(NodeCalls, NodeMembership):
 
     def _on_batch(self, membership: Membership | None) -> None:
         """On the loop, after a batch that changed what the status shows."""
-        if membership is not None:
-            update = getattr(self._transport, "set_peers", None)
-            if callable(update):
-                update(sorted(set(membership.nodes) - {self.raft_id}))
+        if membership is not None or self._leaving:
+            self._update_peers(membership)
         self._publish_status()
+
+    def _update_peers(self, membership: Membership | None) -> None:
+        # A removed node keeps its sender for an election timeout: the last append, which
+        # tells it of its removal (so it stops campaigning), must not die in a closed queue.
+        now = time.monotonic()
+        changed = membership is not None
+        if membership is not None:
+            peers = frozenset(membership.nodes) - {self.raft_id}
+            for node in self._peers - peers:
+                self._leaving[node] = now + self.timeouts.election * 2
+            for node in peers:
+                self._leaving.pop(node, None)
+            self._peers = peers
+        for node, until in list(self._leaving.items()):
+            if until <= now:
+                del self._leaving[node]
+                changed = True
+        update = getattr(self._transport, "set_peers", None)
+        if changed and callable(update):
+            update(sorted(self._peers | set(self._leaving)))
 
     def _publish_status(self) -> None:
         loop = self._loop
