@@ -30,6 +30,7 @@ __all__ = ["CATCH_UP_ENTRIES", "Members", "NodeMembership"]
 log = logging.getLogger("catga_sync.node")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 CATCH_UP_ENTRIES = 8
 """A learner is promoted once its match index, as the leader tracks it, is within this many
@@ -112,7 +113,11 @@ class NodeMembership:
         timeout = self._default_timeout(timeout)
         status = self._board.status
         if forward and not status.is_leader:
-            return self._forward_json("GET", "members", None, timeout, True)
+            deadline = time.monotonic() + timeout
+            answer = self._forward_json("GET", "members", None, deadline, True)
+            if answer is not None:
+                return answer
+            status = self._board.status  # it has become the leader meanwhile
         document: dict[str, Any] = {
             **self.members.to_json(),
             "node": {
@@ -151,23 +156,22 @@ class NodeMembership:
         Raises MembershipChangeError when another change is under way, or the learner did not
         catch up in ``timeout`` (it then stays a learner)."""
         target = _endpoint(endpoint)
-        timeout = self._default_timeout(timeout)
-        if not self._board.status.is_leader:
-            return self._forwarded(
-                "POST", {"endpoint": target, "voter": voter}, timeout, forward, "add"
-            )
-        deadline = time.monotonic() + timeout
-        with self._one_change(f"adding {target}"):
-            members = self.members
-            if target in members.voters or (not voter and target in members.learners):
-                return members  # already there: a retried call must not fail
-            if target not in members.learners:
-                self._change(ConfigChangeType.ADD_LEARNER, target, deadline)
-                log.info("node %s: added %s as a learner", self.node_id, target)
-            if voter:
-                self._promote_when_caught_up(target, deadline)
-                log.info("node %s: promoted %s to voter", self.node_id, target)
-            return self.members
+
+        def here(deadline: float) -> Members:
+            with self._one_change(f"adding {target}"):
+                members = self.members
+                if target in members.voters or (not voter and target in members.learners):
+                    return members  # already there: a retried call must not fail
+                if target not in members.learners:
+                    self._change(ConfigChangeType.ADD_LEARNER, target, deadline)
+                    log.info("node %s: added %s as a learner", self.node_id, target)
+                if voter:
+                    self._promote_when_caught_up(target, deadline)
+                    log.info("node %s: promoted %s to voter", self.node_id, target)
+                return self.members
+
+        body = {"endpoint": target, "voter": voter}
+        return self._on_leader(here, Members.from_json, "POST", "members", body, timeout, forward)
 
     def remove_member(
         self, endpoint: str, *, timeout: float | None = None, forward: bool = True
@@ -176,25 +180,28 @@ class NodeMembership:
         the leader moves leadership to the most up-to-date follower first, and the new leader
         removes it. From a follower the call is forwarded to the leader."""
         target = _endpoint(endpoint)
-        timeout = self._default_timeout(timeout)
-        if not self._board.status.is_leader:
-            return self._forwarded("DELETE", {"endpoint": target}, timeout, forward, "remove")
-        deadline = time.monotonic() + timeout
-        if target == self.raft_id:
-            successor = self.move_leadership(None, timeout=timeout)
-            log.info("node %s: handed leadership to %s before its removal", self.node_id, successor)
-            remaining = max(0.0, deadline - time.monotonic())
-            return self._forwarded("DELETE", {"endpoint": target}, remaining, forward, "remove")
-        with self._one_change(f"removing {target}"):
-            members = self.members
-            if target not in members.voters and target not in members.learners:
-                raise MembershipChangeError(
-                    f"{target} is not a member (voters: {', '.join(members.voters)}; learners: "
-                    f"{', '.join(members.learners) or 'none'}); check the endpoint"
+
+        def here(deadline: float) -> Members | None:
+            if target == self.raft_id:
+                remaining = max(0.0, deadline - time.monotonic())
+                successor = self.move_leadership(None, timeout=remaining)
+                log.info(
+                    "node %s: handed leadership to %s before its removal", self.node_id, successor
                 )
-            self._change(ConfigChangeType.REMOVE, target, deadline)
-            log.info("node %s: removed %s from the cluster", self.node_id, target)
-            return self.members
+                return None  # the new leader removes this node
+            with self._one_change(f"removing {target}"):
+                members = self.members
+                if target not in members.voters and target not in members.learners:
+                    raise MembershipChangeError(
+                        f"{target} is not a member (voters: {', '.join(members.voters)}; "
+                        f"learners: {', '.join(members.learners) or 'none'}); check the endpoint"
+                    )
+                self._change(ConfigChangeType.REMOVE, target, deadline)
+                log.info("node %s: removed %s from the cluster", self.node_id, target)
+                return self.members
+
+        body = {"endpoint": target}
+        return self._on_leader(here, Members.from_json, "DELETE", "members", body, timeout, forward)
 
     def move_leadership(
         self, to: str | None = None, *, timeout: float | None = None, forward: bool = True
@@ -204,38 +211,39 @@ class NodeMembership:
         is forwarded to the leader. Raises LeadershipTransferError for a target that is not a
         voter, CommitTimeoutError when leadership did not move in time."""
         target = None if to is None else _endpoint(to)
-        timeout = self._default_timeout(timeout)
         status = self._board.status
-        if not status.is_leader:
-            if forward and target is not None and status.leader_endpoint == target:
-                return target  # already there
-            answer = self._forward_json("POST", "transfer", {"to": target}, timeout, forward)
+        if target is not None and status.leader_endpoint == target:
+            return target  # already there
+
+        def here(deadline: float) -> str:
+            def transfer(core: RaftCore) -> str | None:
+                chosen = target or core.most_up_to_date_voter()
+                if chosen is not None:
+                    core.transfer_leadership(chosen)
+                return chosen
+
+            remaining = max(0.0, deadline - time.monotonic())
+            chosen = self._call(transfer, remaining)
+            if chosen is None:
+                raise MembershipChangeError(
+                    "there is no other voter to hand leadership to: add one first"
+                )
+            try:
+                self.wait_for(
+                    lambda s: s.leader_endpoint is not None and s.leader_endpoint != self.raft_id,
+                    remaining,
+                )
+            except TimeoutError:
+                raise CommitTimeoutError(
+                    f"leadership did not move from {self.raft_id} to {chosen} in time (a "
+                    "transfer aborts after an election timeout); retry"
+                ) from None
+            return str(self._board.status.leader_endpoint)
+
+        def answered(answer: dict[str, Any]) -> str:
             return str(answer["leader"])
-        if target == self.raft_id:
-            return target
 
-        def transfer(core: RaftCore) -> str | None:
-            chosen = target or core.most_up_to_date_voter()
-            if chosen is not None:
-                core.transfer_leadership(chosen)
-            return chosen
-
-        chosen = self._call(transfer, timeout)
-        if chosen is None:
-            raise MembershipChangeError(
-                "there is no other voter to hand leadership to: add one first"
-            )
-        try:
-            self.wait_for(
-                lambda s: s.leader_endpoint is not None and s.leader_endpoint != self.raft_id,
-                timeout,
-            )
-        except TimeoutError:
-            raise CommitTimeoutError(
-                f"leadership did not move from {self.raft_id} to {chosen} within "
-                f"{timeout:.2f}s (the transfer aborts after an election timeout); retry"
-            ) from None
-        return str(self._board.status.leader_endpoint)
+        return self._on_leader(here, answered, "POST", "transfer", {"to": target}, timeout, forward)
 
     # ========================================================================================
     # The steps
@@ -306,26 +314,52 @@ class NodeMembership:
     # ========================================================================================
     # Forwarding
 
-    def _forwarded(
-        self, method: str, body: dict[str, Any], timeout: float, forward: bool, what: str
-    ) -> Members:
-        return Members.from_json(self._forward_json(method, "members", body, timeout, forward))
+    def _on_leader(
+        self,
+        here: Callable[[float], R | None],
+        answered: Callable[[dict[str, Any]], R],
+        method: str,
+        route: str,
+        body: dict[str, Any] | None,
+        timeout: float | None,
+        forward: bool,
+    ) -> R:
+        """Run ``here(deadline)`` while this node leads, else send the call to the leader and
+        read its answer with ``answered``; follow leadership as it moves (``here`` returning
+        None: it moved away from this node) until the timeout."""
+        deadline = time.monotonic() + self._default_timeout(timeout)
+        while True:
+            if self._board.status.is_leader:
+                result = here(deadline)
+                if result is not None:
+                    return result
+                continue
+            answer = self._forward_json(method, route, body, deadline, forward)
+            if answer is not None:
+                return answered(answer)
 
     def _forward_json(
-        self, method: str, route: str, body: dict[str, Any] | None, timeout: float, forward: bool
-    ) -> dict[str, Any]:
-        """Send an admin call to the leader, following it while it moves, until ``timeout``."""
-        deadline = time.monotonic() + timeout
+        self,
+        method: str,
+        route: str,
+        body: dict[str, Any] | None,
+        deadline: float,
+        forward: bool,
+    ) -> dict[str, Any] | None:
+        """Send an admin call to the leader, waiting for one to be known and following it
+        while it moves, until ``deadline``. None: this node has become the leader."""
         while True:
-            leader = self._board.status.leader_endpoint
-            if not forward or leader is None or leader == self.raft_id:
-                status = self._board.status
-                if forward and leader is None and time.monotonic() < deadline:
-                    self._stopping_event.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-                    continue
-                if leader is None:
+            status = self._board.status
+            leader = status.leader_endpoint
+            if status.is_leader:
+                return None
+            if not forward:
+                raise NotLeaderError(status.leader_id, leader) if leader else NoLeaderError()
+            if leader is None or leader == self.raft_id:
+                if time.monotonic() >= deadline:
                     raise NoLeaderError()
-                raise NotLeaderError(status.leader_id, leader)
+                self._stopping_event.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                continue
             try:
                 return self._admin().call(
                     leader, method, route, body, timeout=max(0.1, deadline - time.monotonic())
