@@ -348,9 +348,12 @@ class NodeMembership:
     ) -> dict[str, Any] | None:
         """Send an admin call to the leader, waiting for one to be known and following it
         while it moves, until ``deadline``. None: this node has become the leader."""
+        hint: str | None = None  # the leader named by the last node asked
         while True:
             status = self._board.status
-            leader = status.leader_endpoint
+            # A removed node hears from no leader again: its own view may be stale for ever,
+            # so the leader the last node named comes first.
+            leader = hint or status.leader_endpoint
             if status.is_leader:
                 return None
             if not forward:
@@ -364,10 +367,12 @@ class NodeMembership:
                 return self._admin().call(
                     leader, method, route, body, timeout=max(0.1, deadline - time.monotonic())
                 )
-            except NotLeaderError:
+            except NotLeaderError as exc:
                 if time.monotonic() >= deadline:
                     raise
-                self._stopping_event.wait(0.05)  # the leader moved: follow it
+                hint = exc.leader_endpoint if exc.leader_endpoint != leader else None
+                if hint is None:
+                    self._stopping_event.wait(0.05)  # no new leader named yet: look again
 
     def _admin(self) -> AdminClient:
         if self._admin_client is None:
