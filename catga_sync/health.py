@@ -42,7 +42,6 @@ def cluster_check(status: NodeStatus) -> dict[str, Any]:
             "NodeId": status.node_id,
             "IsLeader": status.running and status.is_leader,
             "LeaderEndpoint": (status.leader_endpoint if status.running else None) or "none",
-            "Membership": status.membership,
         },
     }
 
