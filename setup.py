@@ -33,6 +33,7 @@ setup(
     package_data={"catga_sync": ["py.typed"]},
     include_package_data=True,
     zip_safe=False,
+    entry_points={"console_scripts": ["catga = catga_sync.cli.main:main"]},
     python_requires=">=3.10",
     install_requires=[
         "sqlalchemy>=2",

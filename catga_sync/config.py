@@ -127,6 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("switch_interval", "seconds"),
     Setting("snapshot_every", "int"),
     Setting("autostart", "bool"),
+    Setting("join", "bool"),
 )
 """Every key, in the order of :class:`ClusterConfig`'s fields."""
 
@@ -196,6 +197,10 @@ class ClusterConfig:
     """Applied entries between snapshots."""
     autostart: bool = True
     """Start the node when the Flask extension is initialised."""
+    join: bool = False
+    """Join a running cluster: start with no membership of its own, never campaign, and wait
+    to be added (``catga members add``). Without it, :attr:`members` is the bootstrap
+    configuration, and once the log holds a membership change, the replicated one wins."""
 
     def __post_init__(self) -> None:
         # Frozen: normalized values are stored through object.__setattr__, once, here.
@@ -410,14 +415,15 @@ class ClusterConfig:
                     "leave Python's default"
                 )
             put("switch_interval", float(switch))
-        if not isinstance(self.autostart, bool):
-            raise ConfigError(
-                f"{_label('autostart')} must be True or False, got {self.autostart!r}"
-            )
+        for name in ("autostart", "join"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"{_label(name)} must be True or False, got {getattr(self, name)!r}"
+                )
 
     def _warn_about_size(self) -> None:
         voters = len(self.members) + 1
-        if voters % 2 == 0:
+        if voters % 2 == 0 and not self.join:  # a joining node's members are not its voters
             logger.warning(
                 "The cluster has %d voters (%s): it survives %d failure(s), no more than %d "
                 "voter(s) would, and an even count makes split votes likelier; use an odd "
@@ -482,7 +488,9 @@ class ClusterConfig:
         budget = self.max_message_bytes // 2
         params: dict[str, Any] = {
             "node_id": self.raft_id,
-            "membership": Membership(voters=self.voters),
+            # A joining node knows no voter, itself included: it never campaigns, and learns
+            # the membership from the leader's log once added.
+            "membership": Membership(voters=frozenset() if self.join else self.voters),
             "election_ticks": self.election_ticks,
             "heartbeat_ticks": self.heartbeat_ticks,
             "max_entries_bytes": min(defaults["max_entries_bytes"], budget),

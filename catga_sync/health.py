@@ -14,7 +14,19 @@ UNHEALTHY = "Unhealthy"
 
 def cluster_check(status: NodeStatus) -> dict[str, Any]:
     """The ``results.cluster`` entry of the guide's health response."""
-    if status.running and status.storage_problem is not None:
+    if status.running and status.membership == "joining":
+        state = UNHEALTHY
+        description = (
+            "Join mode: waiting to be added to the cluster (catga members add "
+            f"{status.raft_id}); it does not vote or campaign meanwhile"
+        )
+    elif status.running and status.membership == "removed":
+        state = UNHEALTHY
+        description = (
+            "Removed from the cluster: this node no longer votes or campaigns; stop it, or add "
+            "it again"
+        )
+    elif status.running and status.storage_problem is not None:
         state = UNHEALTHY
         description = "Storage unavailable: acknowledging nothing until it is back"
     elif status.running and status.is_leader:

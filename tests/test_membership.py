@@ -190,6 +190,20 @@ def test_removed_follower_stops_receiving_and_the_rest_commit_without_it(seed: i
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_removed_follower_learns_of_its_removal_and_never_campaigns(seed: int) -> None:
+    cluster, leader, (removed, kept) = _settled(seed)
+    entry = _change_and_commit(cluster, REMOVE, removed, [leader, kept])
+    cluster.run_until(lambda: cluster.core(removed).log.last_index >= entry.index)
+
+    assert removed not in cluster.core(removed).membership.nodes, "the last append told it"
+    roles = set()
+    for _ in range(30 * ELECTION_TICKS):
+        cluster.step()
+        roles.add(cluster.core(removed).role)
+    assert roles == {Role.FOLLOWER}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_removed_leader_leads_until_the_change_commits_then_hands_over(seed: int) -> None:
     cluster, leader, followers = _settled(seed)
     term = cluster.core(leader).term

@@ -1037,6 +1037,10 @@ class RaftCore:
                 self.progress[node] = Progress(self.log.last_index + 1, self.config.max_inflight)
         for node in list(self.progress):
             if node not in membership.nodes and node != self.id:
+                # A last append tells it of its removal, so it never campaigns; sent even to a
+                # follower whose probe is paused, from what it is known to hold.
+                self.progress[node].become_probe()
+                self._send_append(node)
                 del self.progress[node]
         if self.lead_transferee is not None and self.lead_transferee not in membership.voters:
             self.lead_transferee = None

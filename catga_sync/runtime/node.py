@@ -40,6 +40,7 @@ from .calls import NodeCalls
 from .extension import Extension
 from .fork import ForkGuard
 from .loop import RaftLoop
+from .membership import NodeMembership
 from .outbox import Outbox, ReplySlot
 from .state import ClientSession, StateHandle
 from .status import NodeStats, NodeStatus, StatusBoard, StatusListener
@@ -57,7 +58,7 @@ E = TypeVar("E", bound=Extension)
 N = TypeVar("N", bound="RaftNode")
 
 
-class RaftNode(NodeCalls):
+class RaftNode(NodeCalls, NodeMembership):
     """One member of a catga_sync cluster, without features: the engine.
 
     ``storage`` and ``transport`` default to the configured SQL or memory storage and the HTTP
@@ -90,6 +91,12 @@ class RaftNode(NodeCalls):
         self._rng = rng or random.Random(hash((config.raft_id, os.getpid(), time.time_ns())))
         self._client = ClientSession(f"{config.node_id}-{uuid.uuid4().hex[:12]}")
         self._proposals: ProposalClient | None = None
+        self._admin_client = None
+        self._change_lock = threading.Lock()
+        self._change_running: str | None = None
+        self._peers: frozenset[str] = frozenset()
+        self._leaving: dict[str, float] = {}
+        """Removed peers whose sender lives on until this monotonic time."""
         self._loop: RaftLoop | None = None
         self._pacemaker = Pacemaker(
             self.node_id,
@@ -116,10 +123,12 @@ class RaftNode(NodeCalls):
                 commit_index=0,
                 commit_term=0,
                 last_applied=0,
-                members=tuple(sorted(config.voters)),
+                members=() if config.join else tuple(sorted(config.voters)),
                 running=False,
+                membership="joining" if config.join else "voter",
             ),
             self.stats,
+            joining=config.join,
         )
 
     # ========================================================================================
@@ -221,6 +230,8 @@ class RaftNode(NodeCalls):
         if persisted.snapshot is not None and self._applier is None:
             self.state_machines.restore(persisted.snapshot.data)
         core = RaftCore(config.raft_config(), rng=self._rng, persisted=persisted)
+        self._warn_if_members_differ(core.membership)
+        self._peers = frozenset(core.membership.nodes) - {self.raft_id}
         if self._transport is None:
             from ..transport.http import HttpTransport
 
@@ -413,11 +424,29 @@ class RaftNode(NodeCalls):
 
     def _on_batch(self, membership: Membership | None) -> None:
         """On the loop, after a batch that changed what the status shows."""
-        if membership is not None:
-            update = getattr(self._transport, "set_peers", None)
-            if callable(update):
-                update(sorted(set(membership.nodes) - {self.raft_id}))
+        if membership is not None or self._leaving:
+            self._update_peers(membership)
         self._publish_status()
+
+    def _update_peers(self, membership: Membership | None) -> None:
+        # A removed node keeps its sender for an election timeout: the last append, which
+        # tells it of its removal (so it stops campaigning), must not die in a closed queue.
+        now = time.monotonic()
+        changed = membership is not None
+        if membership is not None:
+            peers = frozenset(membership.nodes) - {self.raft_id}
+            for node in self._peers - peers:
+                self._leaving[node] = now + self.timeouts.election * 2
+            for node in peers:
+                self._leaving.pop(node, None)
+            self._peers = peers
+        for node, until in list(self._leaving.items()):
+            if until <= now:
+                del self._leaving[node]
+                changed = True
+        update = getattr(self._transport, "set_peers", None)
+        if changed and callable(update):
+            update(sorted(self._peers | set(self._leaving)))
 
     def _publish_status(self) -> None:
         loop = self._loop

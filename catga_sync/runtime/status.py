@@ -41,6 +41,12 @@ class NodeStatus:
     storage_problem: str | None = None
     """Why the node's database is unreachable, while a write waits for it (None: it is not).
     The node acknowledges nothing meanwhile."""
+    learners: tuple[str, ...] = ()
+    """The non-voting members: they receive the log and do not vote (``members`` are the
+    voters)."""
+    membership: str = "voter"
+    """This node's place in the cluster: ``voter``, ``learner``, ``joining`` (started in join
+    mode and not added yet) or ``removed`` (it no longer votes or campaigns)."""
 
     @property
     def is_leader(self) -> bool:
@@ -107,9 +113,12 @@ class StatusBoard:
     after the listeners have run.
     """
 
-    def __init__(self, initial: NodeStatus, stats: NodeStats) -> None:
+    def __init__(self, initial: NodeStatus, stats: NodeStats, *, joining: bool = False) -> None:
         self.status = initial
         self._stats = stats
+        self._joining = joining
+        """Started in join mode and never a member yet: not in the membership means waiting
+        to be added, not removed."""
         self._changed = threading.Condition()
         self._publishing = threading.RLock()
         self._listeners: list[StatusListener] = []
@@ -142,8 +151,19 @@ class StatusBoard:
                 members=tuple(sorted(core.membership.voters)),
                 running=running,
                 storage_problem=storage_problem,
+                learners=tuple(sorted(core.membership.learners)),
+                membership=self._place(core),
             )
         )
+
+    def _place(self, core: RaftCore) -> str:
+        if core.id in core.membership.voters:
+            self._joining = False
+            return "voter"
+        if core.id in core.membership.learners:
+            self._joining = False
+            return "learner"
+        return "joining" if self._joining else "removed"
 
     def publish_running(self, running: bool) -> None:
         status = self.status
@@ -164,6 +184,8 @@ class StatusBoard:
                 self._stats.leader_changes += 1
             if new.role is Role.CANDIDATE and old.role is not Role.CANDIDATE:
                 self._stats.elections += 1
+            if new.membership != old.membership:
+                _log_place(new)
             with self._changed:
                 self.status = new
             for listener in list(self._listeners):
@@ -187,3 +209,26 @@ class StatusBoard:
                     raise TimeoutError(f"node {node_id}: condition not met in {timeout}s")
                 self._changed.wait(remaining)
             return self.status
+
+
+def _log_place(status: NodeStatus) -> None:
+    """Say in the log when this node joins, is promoted or is removed: an operator watching
+    one node's log sees why it stopped (or started) voting."""
+    node, place = status.node_id, status.membership
+    if place == "removed":
+        log.warning(
+            "node %s was removed from the cluster (voters: %s): it no longer votes or "
+            "campaigns and never disrupts the others; stop it, or add it again "
+            "(catga members add %s)",
+            node,
+            ", ".join(status.members) or "none known",
+            status.raft_id,
+        )
+    elif place == "joining":
+        log.info(
+            "node %s is in join mode: it waits to be added (catga members add %s)",
+            node,
+            status.raft_id,
+        )
+    else:
+        log.info("node %s is now a %s of the cluster", node, place)

@@ -47,6 +47,7 @@ from ..transport.wire import (
     encode_batch,
     normalize_url_prefix,
 )
+from .admin import AdminNode, register_admin_routes
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +93,19 @@ class PeerGate:
         self._replays = ReplayGuard(signature_window) if self.secret is not None else None
         self.rejections = _RejectionLog()
 
-    def body(self) -> tuple[bytes, str]:
-        """The request body and its sender, once the size, the signature and the sender are
-        checked (the same checks for every peer route)."""
-        if request.method != "POST":
-            _method_not_allowed("POST")
+    def body(self, methods: tuple[str, ...] = ("POST",)) -> tuple[bytes, str]:
+        """The request body and its sender, once the method, the size, the signature and the
+        sender are checked (the same checks for every peer route)."""
+        if request.method not in methods:
+            _method_not_allowed(", ".join(methods))
         body = _read_body(self.max_body_bytes)
         sender = request.headers.get(HEADER_SENDER, "")
         if self.secret is not None and self._replays is not None:
             now = time.time()
             auth = _auth_headers()
-            verify(self.secret, "POST", _signed_path(), body, auth, now, self.signature_window)
+            verify(
+                self.secret, request.method, _signed_path(), body, auth, now, self.signature_window
+            )
             self._replays.check(auth[HEADER_SIGNATURE], float(auth[HEADER_TIMESTAMP]), now)
         elif not sender:
             raise _Refusal(
@@ -168,10 +171,13 @@ def create_peer_blueprint(
     signature_window: float,
     url_prefix: str = DEFAULT_URL_PREFIX,
     name: str = "catga_peer",
+    admin: Callable[[], AdminNode | None] | None = None,
 ) -> Blueprint:
     """A blueprint serving the peer RPC for the node ``get_receiver()`` returns.
 
     ``get_receiver`` is called on every request (None means the node is not running: 503).
+    With ``admin``, the blueprint also serves the admin routes (:mod:`catga_sync.web.admin`)
+    for the node it returns.
     Without a ``secret`` (None or empty) requests are not authenticated, and a warning says so.
     """
     gate = PeerGate(secret=secret, max_body_bytes=max_body_bytes, signature_window=signature_window)
@@ -245,6 +251,8 @@ def create_peer_blueprint(
         receiver = receiver_or_503()
         return jsonify(raft_id=receiver.raft_id, protocol=PROTOCOL_VERSION), 200
 
+    if admin is not None:
+        register_admin_routes(bp, gate.body, admin)
     gate.install_error_handlers(bp)
     return bp
 

@@ -30,6 +30,8 @@ def cluster_document(node: NodeHandle) -> dict[str, Any]:
         "commit_term": status.commit_term,
         "last_applied": status.last_applied,
         "members": list(status.members),
+        "learners": list(status.learners),
+        "membership": status.membership,
         "running": status.running,
     }
     for extension in node.extensions.values():

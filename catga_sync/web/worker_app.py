@@ -42,6 +42,7 @@ def register_node_routes(app: Flask, node: RaftNode, *, ops_routes: bool = True)
             max_body_bytes=limit,
             signature_window=window,
             url_prefix=prefix,
+            admin=running,
         )
     )
     guard = node.extensions.get(ForwardingGuard.name)
