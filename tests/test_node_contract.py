@@ -148,12 +148,16 @@ def test_no_vote_or_acknowledgement_leaves_before_the_disk_has_it(
         kv = leader.state(ReplicatedDict)
         for k in range(10):
             kv.set(f"k{k}", k)
+        # The term is read before each change: once the transfer has returned, the old
+        # leader may already have heard of its successor's term.
+        term = leader.status.term
         leader.transfer_leadership()
-        leader = cluster.leader(committed=True, above=leader.status.term)
+        leader = cluster.leader(committed=True, above=term)
         for k in range(10, 20):
             leader.state(ReplicatedDict).set(f"k{k}", k)
+        term = leader.status.term
         cluster.restart(leader)  # a crash: the others elect again, it rejoins from its disk
-        leader = cluster.leader(committed=True, above=leader.status.term)
+        leader = cluster.leader(committed=True, above=term)
         for k in range(20, 30):
             leader.state(ReplicatedDict).set(f"k{k}", k)
         committed = leader.read_barrier(timeout=WAIT)
