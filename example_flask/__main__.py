@@ -41,6 +41,8 @@ def build_config(args: argparse.Namespace, environ: dict[str, str]) -> ClusterCo
         overrides["election_timeout"] = args.election_timeout
     if args.heartbeat_interval is not None:
         overrides["heartbeat_interval"] = args.heartbeat_interval
+    if args.snapshot_every is not None:
+        overrides["snapshot_every"] = args.snapshot_every
     from_env = any(key.lower().startswith("cluster__") for key in environ)
     if "members" not in overrides and not any(
         key.lower().startswith("cluster__members") for key in environ
@@ -73,6 +75,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--secret", help="cluster secret for signing peer requests")
     parser.add_argument("--election-timeout", help="e.g. 00:00:00.150 or 0.15")
     parser.add_argument("--heartbeat-interval", help="e.g. 00:00:00.050 or 0.05")
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        help="applied entries between snapshots (default 10000; soak runs use fewer to see "
+        "the log compacted)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--burn-threads",
