@@ -18,6 +18,8 @@ workload and a nemesis, then safety checks.
   fencing token; the outbox's fence never decreases, an order's processed token never changes,
   and an order first seen processed carries a token at least the fence read before. Exit 1 on a
   violation.
+- Then the longest-running node is restarted and, once caught up, its RSS is set beside the
+  others': what the state costs against what uptime added.
 
     python benchmarks/soak.py --minutes 30 [--json rows.json]
 """
@@ -68,7 +70,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Answer:
     status: int | None
     """None when no HTTP answer came (refused, reset, timed out)."""
@@ -86,7 +88,7 @@ def call(
     sent = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout)
     try:
-        headers = {}
+        headers: dict[str, str] = {}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -111,7 +113,7 @@ def call(
         conn.close()
 
 
-@dataclass
+@dataclass(slots=True)
 class Minute:
     """What the clients did since the last row (reset each minute)."""
 
@@ -121,7 +123,7 @@ class Minute:
     by_kind: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class LockGrant:
     name: str
     token: int
@@ -509,6 +511,38 @@ def check_locks(grants: list[LockGrant]) -> list[str]:
     return problems
 
 
+def fresh_restart(cluster: ExampleCluster, started: dict[str, float]) -> dict[str, Any]:
+    """Restart the longest-running node and let it catch up: its RSS then is what the state
+    costs now, so the others' RSS beyond it is what their uptime added (a leak, or caches)."""
+    oldest = min(cluster.nodes, key=lambda n: started[n.name])
+    uptime = round(time.monotonic() - started[oldest.name])
+    before = sample_node(oldest, started[oldest.name])
+    leader = cluster.wait_for_leader(timeout=60)
+    target = leader.status()["commit_index"]
+    oldest.kill()
+    oldest.start()
+    started[oldest.name] = time.monotonic()
+    poll(
+        lambda: (cluster_status(oldest) or {}).get("last_applied", -1) >= target,
+        120,
+        f"{oldest.name} caught up after its restart",
+    )
+    time.sleep(10)  # idle, like the others now
+    after = {n.name: sample_node(n, started[n.name]) for n in cluster.nodes}
+    row = {"node": oldest.name, "uptime_s": uptime, "before": before, "after": after}
+    print(
+        f"fresh restart of {oldest.name} (up {uptime} s): RSS {before.get('rss_mib')} MiB, "
+        f"fds {before.get('fds')}, threads {before.get('threads')} before; after catching up "
+        + ", ".join(
+            f"{name} {n.get('rss_mib')} MiB / {n.get('fds')} fds / {n.get('threads')} threads "
+            f"(up {n.get('up_s')} s)"
+            for name, n in after.items()
+        ),
+        flush=True,
+    )
+    return row
+
+
 def final_checks(cluster: ExampleCluster, history: History) -> list[str]:
     """Bring every node back, then read the orders and the outbox from the leader."""
     for node in cluster.nodes:
@@ -562,13 +596,19 @@ def main() -> int:
         help="the nodes' snapshot_every (default 2000: a snapshot every minute or so)",
     )
     parser.add_argument("--nemesis-every", default="45-60", help="seconds between faults, LOW-HIGH")
+    parser.add_argument(
+        "--no-nemesis",
+        action="store_true",
+        help="no faults: processes live the whole run (to tell a leak from the state's growth)",
+    )
     parser.add_argument("--row-seconds", type=float, default=60.0, help="seconds per row")
     parser.add_argument("--json", type=Path, help="write the per-minute rows to this file")
     parser.add_argument("--state-dir", type=Path, help="keep the nodes' state and logs here")
     args = parser.parse_args()
     low, high = (float(x) for x in args.nemesis_every.split("-"))
     print(
-        f"soak: {args.minutes:g} min, {args.clients} clients, nemesis every {low:g}-{high:g} s, "
+        f"soak: {args.minutes:g} min, {args.clients} clients, "
+        f"{'no nemesis' if args.no_nemesis else f'nemesis every {low:g}-{high:g} s'}, "
         f"snapshot_every {args.snapshot_every}; {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, load average "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}",
@@ -591,12 +631,13 @@ def main() -> int:
         clients = [Client(k, cluster.nodes, history, stop, args.think) for k in range(args.clients)]
         nemesis = Nemesis(cluster, started, stop, low, high)
         monitor = OutboxMonitor(cluster.nodes, history, stop)
-        for thread in [*clients, nemesis, monitor]:
+        for thread in [*clients, monitor] + ([] if args.no_nemesis else [nemesis]):
             thread.start()
 
         def stop_all() -> None:
             stop.set()
-            nemesis.join(30)
+            if nemesis.is_alive():
+                nemesis.join(30)
             if nemesis.paused is not None:
                 nemesis.paused.signal(signal.SIGCONT)
             for thread in [*clients, monitor]:
@@ -633,14 +674,15 @@ def main() -> int:
             rows.append(row)
             print_row(row)
             if args.json is not None:
-                args.json.write_text(json.dumps(rows, indent=1))
+                args.json.write_text(json.dumps({"rows": rows}, indent=1))
         stop_all()
         print(f"total: {history.total_ops} operations; not ok by type:", flush=True)
         for key, n in sorted(history.total_outcomes.items()):
             print(f"    {key}: {n}")
         problems = final_checks(cluster, history)
+        restart = fresh_restart(cluster, started)
         if args.json is not None:
-            args.json.write_text(json.dumps(rows, indent=1))
+            args.json.write_text(json.dumps({"rows": rows, "fresh_restart": restart}, indent=1))
         if problems:
             print(f"safety violations: {len(problems)}")
             for problem in problems:
