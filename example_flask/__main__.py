@@ -43,6 +43,8 @@ def build_config(args: argparse.Namespace, environ: dict[str, str]) -> ClusterCo
         overrides["heartbeat_interval"] = args.heartbeat_interval
     if args.join:
         overrides["join"] = True
+    if args.snapshot_every is not None:
+        overrides["snapshot_every"] = args.snapshot_every
     from_env = any(key.lower().startswith("cluster__") for key in environ)
     if "members" not in overrides and not any(
         key.lower().startswith("cluster__members") for key in environ
@@ -79,6 +81,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--join",
         action="store_true",
         help="join a running cluster: wait to be added (catga members add ENDPOINT)",
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        help="applied entries between snapshots (default 10000; soak runs use fewer to see "
+        "the log compacted)",
     )
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument(

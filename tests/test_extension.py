@@ -184,6 +184,16 @@ def test_example_members_flag_overrides_the_default() -> None:
     assert config.voters == {"http://localhost:6000", "http://a:1", "http://b:2"}
 
 
+def test_example_snapshot_every_flag() -> None:
+    # benchmarks/soak.py lowers it to see the log compacted within minutes.
+    default = build_config(example_args("--cluster", "--port", "6000"), {})
+    assert default.snapshot_every == 10_000
+    config = build_config(
+        example_args("--cluster", "--port", "6000", "--snapshot-every", "500"), {}
+    )
+    assert config.snapshot_every == 500
+
+
 def test_cluster_config_object_can_be_passed_directly() -> None:
     config = ClusterConfig(local_node_endpoint="http://localhost:7412", node_id="direct")
     app = Flask("direct")
