@@ -312,7 +312,10 @@ class ReplicatedState:
             },
             "machines": {name: m.snapshot() for name, m in self.machines.items()},
         }
-        return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        # Not sort_keys: a restored node must iterate its dicts in the order every other node
+        # does (the order the log inserted their keys), or a command that takes "the first
+        # pending one" would pick another item there. That order is the same on every node.
+        return json.dumps(body, separators=(",", ":")).encode()
 
     def restore(self, data: bytes) -> None:
         body = json.loads(data)
