@@ -373,3 +373,64 @@ def test_change_in_a_minority_is_truncated_and_the_old_membership_restored(seed:
         cluster.nodes, before
     )
     cluster.check_converged()
+
+
+# -- changes under faults --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_changes_under_message_loss_and_leader_crashes_keep_one_leader_per_term(
+    seed: int,
+) -> None:
+    """Adds (as learner, then voter) and removals, one after another, while links drop,
+    duplicate and delay messages and leaders crash and restart. The simulator checks after
+    every event that no two nodes lead one term — whichever configuration each one uses — and
+    the logs' safety; at the end the members agree on one membership and one log."""
+    rng = random.Random(seed)
+    cluster = SimulatedCluster(3, seed=seed, election_ticks=ELECTION_TICKS)
+    cluster.wait_for_leader()
+    for spare in ("n3", "n4"):
+        cluster.add_node(spare)
+    cluster.set_faults(drop=0.1, duplicate=0.05, delay=(0, 3))
+    changes = 0
+    for step in range(60):
+        leader = cluster.leader()
+        roll = rng.random()
+        if leader is not None and roll < 0.35:
+            membership = cluster.core(leader).membership
+            outside = sorted(set(cluster.nodes) - membership.nodes)
+            learners = sorted(membership.learners)
+            voters = sorted(membership.voters)
+            options = [(ADD_LEARNER, n) for n in outside]
+            options += [(ADD_VOTER, n) for n in learners]
+            options += [(REMOVE, n) for n in voters + learners if len(voters) > 1]
+            change, node = rng.choice(options)
+            try:
+                cluster.change_membership(change, node)
+                changes += 1
+            except (MembershipChangeError, NotLeaderError):
+                pass  # one change at a time, or a leader that just lost its term
+        elif leader is not None and roll < 0.45:
+            cluster.crash(leader)
+        elif roll < 0.6:
+            for node in cluster.nodes:
+                if cluster.nodes[node].core is None:
+                    cluster.restart(node)
+        elif leader is not None:
+            cluster.propose(f"{seed}-{step}".encode(), leader)
+        cluster.run(rng.randint(1, 3 * ELECTION_TICKS))
+    assert changes >= 3, "the run barely changed the membership"  # 10 to 23 over 40 seeds
+
+    cluster.set_faults()
+    for node in cluster.nodes:
+        if cluster.nodes[node].core is None:
+            cluster.restart(node)
+    # Nodes removed on the way run on outside the cluster: only the members must converge.
+    leader = cluster.wait_for_leader(max_ticks=3000)
+    entry = cluster.propose(b"after the faults", leader)
+    members = cluster.core(leader).membership.nodes
+    cluster.run_until(lambda: cluster.is_committed(entry, members), max_ticks=5000)
+    membership = cluster.core(leader).membership
+    for node in membership.nodes:
+        assert cluster.core(node).membership == membership, node
+        assert cluster.applied(node) == cluster.applied(leader), node
