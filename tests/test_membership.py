@@ -190,6 +190,27 @@ def test_removed_follower_stops_receiving_and_the_rest_commit_without_it(seed: i
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_a_removed_follower_learns_of_its_removal_though_the_first_appends_are_lost(
+    seed: int,
+) -> None:
+    """The leader goes on sending the log to the node it removed until that node holds the
+    change (for a few election timeouts), so losing the first append is not for ever."""
+    cluster, leader, (removed, kept) = _settled(seed)
+    term = cluster.core(leader).term
+    cluster.set_faults(drop=1.0, link=(leader, removed))
+    _change_and_commit(cluster, REMOVE, removed, [leader, kept])
+    cluster.run(ELECTION_TICKS)  # its first farewells are lost
+    assert removed in cluster.core(removed).membership.nodes
+    cluster.set_faults(link=(leader, removed))
+    cluster.run(ELECTION_TICKS)
+
+    assert removed not in cluster.core(removed).membership.nodes
+    cluster.run(20 * ELECTION_TICKS)
+    assert cluster.leader() == leader and cluster.core(leader).term == term, "no disruption"
+    assert removed not in cluster.core(leader).progress, "and the leader forgot it"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_removed_follower_learns_of_its_removal_and_never_campaigns(seed: int) -> None:
     cluster, leader, (removed, kept) = _settled(seed)
     entry = _change_and_commit(cluster, REMOVE, removed, [leader, kept])

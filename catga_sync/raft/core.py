@@ -96,6 +96,11 @@ class _IncomingSnapshot:
     data: bytearray
 
 
+FAREWELL_ELECTIONS = 3
+"""Election timeouts a leader goes on sending the log to a node it removed, until that node
+holds the entry that removed it."""
+
+
 class RaftCore:
     """One Raft node's consensus state. See the module docstring for how to drive it."""
 
@@ -136,6 +141,10 @@ class RaftCore:
         self.lead_transferee: NodeId | None = None
         self._transfer_elapsed = 0
         self.pending_config_index = 0
+        self._farewells: dict[NodeId, int] = {}
+        """Nodes this leader removed, still sent the log until they hold the entry that removed
+        them (then they never campaign), or for FAREWELL_ELECTIONS election timeouts: ticks
+        left. Their progress stays in ``progress``; no quorum counts them (only voters)."""
 
         self._pending_reads: dict[str, _PendingRead] = {}
         self._read_rounds = 0
@@ -467,6 +476,7 @@ class RaftCore:
         self._randomize_election_timeout()
         self.votes = {}
         self.progress = {}
+        self._farewells = {}
         self.lead_transferee = None
         self._pending_reads = {}
         self._reads_awaiting_commit = []
@@ -488,6 +498,8 @@ class RaftCore:
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self._farewells:
+            self._count_down_farewells()
         if self.election_elapsed >= self.config.election_ticks:
             self.election_elapsed = 0
             if self.config.check_quorum and not self._quorum_recently_active():
@@ -796,6 +808,17 @@ class RaftCore:
             progress.probe_sent = True
         return True
 
+    def _count_down_farewells(self) -> None:
+        for node, left in list(self._farewells.items()):
+            if left <= 1:
+                self._say_farewell(node)
+            else:
+                self._farewells[node] = left - 1
+
+    def _say_farewell(self, node: NodeId) -> None:
+        del self._farewells[node]
+        self.progress.pop(node, None)
+
     def _handle_append_response(self, m: AppendResponse, progress: Progress) -> None:
         if m.reject:
             hint = m.hint_index
@@ -808,6 +831,9 @@ class RaftCore:
             return
         was_paused = progress.is_paused()
         if not progress.maybe_update(m.index):
+            return
+        if m.frm in self._farewells and progress.match >= self.pending_config_index:
+            self._say_farewell(m.frm)  # it holds its removal: it will not campaign
             return
         if progress.state is ProgressState.PROBE:
             progress.become_replicate()
@@ -1033,15 +1059,17 @@ class RaftCore:
         if self.role is not Role.LEADER:
             return
         for node in membership.nodes:
+            self._farewells.pop(node, None)  # removed, then added back
             if node not in self.progress:
                 self.progress[node] = Progress(self.log.last_index + 1, self.config.max_inflight)
         for node in list(self.progress):
-            if node not in membership.nodes and node != self.id:
-                # A last append tells it of its removal, so it never campaigns; sent even to a
-                # follower whose probe is paused, from what it is known to hold.
+            if node not in membership.nodes and node != self.id and node not in self._farewells:
+                # The log (which tells it of its removal, so it never campaigns) goes on to it
+                # until it holds the change: one last append could be lost. Sent at once even
+                # to a follower whose probe is paused, from what it is known to hold.
+                self._farewells[node] = FAREWELL_ELECTIONS * self.config.election_ticks
                 self.progress[node].become_probe()
                 self._send_append(node)
-                del self.progress[node]
         if self.lead_transferee is not None and self.lead_transferee not in membership.voters:
             self.lead_transferee = None
         self._maybe_commit()

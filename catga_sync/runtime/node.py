@@ -429,14 +429,15 @@ class RaftNode(NodeCalls, NodeMembership):
         self._publish_status()
 
     def _update_peers(self, membership: Membership | None) -> None:
-        # A removed node keeps its sender for an election timeout: the last append, which
-        # tells it of its removal (so it stops campaigning), must not die in a closed queue.
+        # A removed node keeps its sender a while: the leader goes on sending it the log for
+        # three election timeouts (raft/core.py FAREWELL_ELECTIONS) until it holds its
+        # removal (so it stops campaigning), and that must not die in a closed queue.
         now = time.monotonic()
         changed = membership is not None
         if membership is not None:
             peers = frozenset(membership.nodes) - {self.raft_id}
             for node in self._peers - peers:
-                self._leaving[node] = now + self.timeouts.election * 2
+                self._leaving[node] = now + self.timeouts.election * 4
             for node in peers:
                 self._leaving.pop(node, None)
             self._peers = peers
