@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
 from helpers import LocalCluster, free_ports
 
+from catga_sync import CatgaCluster
 from catga_sync.cli.main import main
 from catga_sync.config import ClusterConfig
 from catga_sync.errors import BackupFileError, StorageError
@@ -284,3 +286,17 @@ def test_save_errors_are_one_line(cluster: LocalCluster, tmp_path: Path) -> None
     assert done.returncode == 1 and f"cannot write {missing}" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flask_cluster_snapshot_save(cluster: LocalCluster, tmp_path: Path) -> None:
+    app = Flask("backup-test")
+    config = ClusterConfig(
+        local_node_endpoint=cluster.endpoints[0], members=tuple(cluster.endpoints), secret=SECRET,
+        autostart=False,
+    )  # fmt: skip
+    CatgaCluster(app, config=config)
+    file = tmp_path / "flask.json"
+    result = app.test_cli_runner().invoke(args=["cluster", "snapshot", "save", str(file), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["file"] == str(file)
+    assert read_backup(file.read_bytes(), str(file)).meta.index > 0
