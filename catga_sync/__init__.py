@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AlreadyRegisteredError,
+    BackupFileError,
     CatgaError,
     CommandError,
     CommitTimeoutError,
@@ -157,6 +158,7 @@ __all__ = [  # noqa: RUF022 (grouped by layer: the map of the package)
     "SimulatedCluster",
     # errors: catga_sync.errors
     "AlreadyRegisteredError",
+    "BackupFileError",
     "CatgaError",
     "CommandError",
     "CommitTimeoutError",

@@ -1,5 +1,6 @@
 """``python -m catga_sync``: the ``catga`` command line (:mod:`catga_sync.cli`): ``serve``
-runs a node; ``status``, ``members`` and ``transfer-leader`` operate a running cluster."""
+runs a node; ``status``, ``members``, ``transfer-leader`` and ``snapshot save`` operate a
+running cluster; ``restore`` and ``compact`` work on a stopped node's state."""
 
 from __future__ import annotations
 

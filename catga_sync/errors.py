@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyRegisteredError",
+    "BackupFileError",
     "CatgaError",
     "CommandError",
     "CommitTimeoutError",
@@ -142,6 +143,11 @@ class IdempotencyKeyReusedError(CatgaError, ValueError):
 
 class StorageError(CatgaError):
     """The node's persistent state could not be read or written."""
+
+
+class BackupFileError(CatgaError, ValueError):
+    """A backup snapshot file is damaged, truncated or not a catga snapshot (its checksum, its
+    format or its fields are wrong): nothing was restored from it. Take a new backup."""
 
 
 class StorageUnavailableError(StorageError):

@@ -19,7 +19,7 @@ from flask.cli import AppGroup
 
 from ..config import ClusterConfig
 from ..errors import CatgaError
-from . import members, status, transfer
+from . import members, snapshot, status, transfer
 from .client import CLUSTER_URL_ENV, CliError, ClusterClient, cluster_urls, secret_from
 
 __all__ = ["cli_command_without_node", "cluster_cli"]
@@ -140,3 +140,15 @@ def members_remove(endpoint: str, as_json: bool) -> int:
 def transfer_command(to: str | None, as_json: bool) -> int:
     """Move leadership to another voter."""
     return _run(lambda client: transfer.transfer(client, _echo_out(), to, as_json))
+
+
+snapshot_group = AppGroup("snapshot", help="Back the cluster up (restore: `catga restore`).")
+cluster_cli.add_command(snapshot_group)
+
+
+@snapshot_group.command("save")
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def snapshot_save(file: str, as_json: bool) -> int:
+    """Write a consistent snapshot, taken on the leader, to FILE (atomically)."""
+    return _run(lambda client: snapshot.save(client, _echo_out(), file, as_json))

@@ -1,7 +1,8 @@
 """``catga`` and ``python -m catga_sync``: one parser for every command.
 
 Errors are one line on stderr (``catga: error: ...``) and a non-zero exit: 1 when a command
-failed, 2 for a usage error or an unhealthy ``status``. Never a traceback.
+failed, 2 for a usage error or an unhealthy ``status``. Never a traceback. ``restore`` and
+``compact`` work offline, on a stopped node's state; the others talk to a running cluster.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 from ..errors import CatgaError
-from . import members, serve, status, transfer
+from . import compact, members, restore, serve, snapshot, status, transfer
 from .client import CLUSTER_URL_ENV, ClusterClient, cluster_urls, secret_from
 
 __all__ = ["build_parser", "main"]
@@ -46,6 +47,9 @@ def build_parser(prog: str = "catga") -> argparse.ArgumentParser:
     status.add_parser(sub, parents)
     members.add_parser(sub, parents)
     transfer.add_parser(sub, parents)
+    snapshot.add_parser(sub, parents)
+    restore.add_parser(sub)
+    compact.add_parser(sub)
     serve.add_parser(sub)
     return parser
 
@@ -58,6 +62,9 @@ def main(
         return serve.serve(args)
     stdout = out or sys.stdout
     try:
+        if getattr(args, "offline", False):  # restore, compact: on a stopped node's state
+            offline: int = args.run(args, stdout)
+            return offline
         client = ClusterClient(
             cluster_urls(args.cluster),
             secret=secret_from(args.secret),

@@ -36,6 +36,7 @@ from ..storage import open_storage
 from ..storage.base import Storage
 from ..transport.base import Transport
 from ..transport.proposals import ProposalClient
+from .backup import NodeBackup
 from .calls import NodeCalls
 from .extension import Extension
 from .fork import ForkGuard
@@ -58,7 +59,7 @@ E = TypeVar("E", bound=Extension)
 N = TypeVar("N", bound="RaftNode")
 
 
-class RaftNode(NodeCalls, NodeMembership):
+class RaftNode(NodeCalls, NodeMembership, NodeBackup):
     """One member of a catga_sync cluster, without features: the engine.
 
     ``storage`` and ``transport`` default to the configured SQL or memory storage and the HTTP

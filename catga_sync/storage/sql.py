@@ -82,12 +82,7 @@ from .ownership import (
     describe_holder,
     holder_record,
 )
-from .sqlite import (
-    SqliteStatements,
-    begun,
-    configure_sqlite,
-    driver_connection,
-)
+from .sqlite import SqliteStatements, begun, configure_sqlite, driver_connection, give_back_space
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
@@ -429,6 +424,8 @@ class SqlStorage:
                         self._write_hard_state(conn, hard_state)
             self._bounds = bounds
             self._outcome_unknown = False
+            if snapshot is not None and self._sqlite_connection is not None:
+                give_back_space(driver_connection(self._sqlite_connection))
 
     @contextmanager
     def _unsynced(self, unsynced: bool) -> Iterator[None]:

@@ -1,10 +1,19 @@
 """What SQLite needs that other databases do not: pragmas on every connection (WAL, the chosen
-``synchronous`` level, a busy timeout), real transactions (SQLAlchemy's recipe for the sqlite3
-driver's legacy transaction control), and the two hot statements compiled once."""
+``synchronous`` level, a busy timeout, incremental vacuum), real transactions (SQLAlchemy's
+recipe for the sqlite3 driver's legacy transaction control), the two hot statements compiled
+once, and giving the space a snapshot frees back to the file system.
+
+Space: a new file is created with ``auto_vacuum=INCREMENTAL`` (SQLite takes it only before the
+first table exists), and after every persist that carries a snapshot — the log below it was
+just deleted — :func:`give_back_space` runs ``PRAGMA incremental_vacuum`` and a truncating WAL
+checkpoint, so the file shrinks to what the state holds. A file created by an older version
+(``auto_vacuum=NONE``) reuses its free pages but never shrinks until ``catga compact`` (a
+``VACUUM`` with the node stopped) converts it; the node says so once when it opens one."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +23,7 @@ from sqlalchemy import Connection, Engine, Table, Update, event, insert
 
 from ..raft import HardState
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "SqliteStatements", "configure_sqlite"]
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "SqliteStatements", "configure_sqlite", "give_back_space"]
 
 log = logging.getLogger("catga_sync.storage")
 
@@ -90,6 +99,7 @@ def configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _incremental_vacuum(cursor)
             mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 log.warning(
@@ -106,3 +116,41 @@ def configure_sqlite(engine: Engine, synchronous: str) -> None:
         # IMMEDIATE takes the write lock up front, so a transaction never fails half-way
         # when another connection to the same file writes.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_hinted: set[str] = set()
+
+
+def _incremental_vacuum(cursor: Any) -> None:
+    """Ask a new, empty file for incremental vacuum (before WAL mode and before any table, the
+    only time SQLite takes it); say once per file when an existing one has none."""
+    pages = cursor.execute("PRAGMA page_count").fetchone()
+    if not pages or pages[0] == 0:
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        return
+    mode = cursor.execute("PRAGMA auto_vacuum").fetchone()
+    if not mode or mode[0] != 0:
+        return  # incremental (or full) already
+    databases = cursor.execute("PRAGMA database_list").fetchall()
+    path = str(databases[0][2]) if databases else "?"
+    if path not in _hinted:
+        _hinted.add(path)
+        log.info(
+            "SQLite state file %s was created without incremental vacuum: it reuses the space "
+            "snapshots free but never shrinks. To let it shrink, stop the node once and run "
+            "`catga compact --state <its state directory or URL>`",
+            path,
+        )
+
+
+def give_back_space(dbapi_connection: Any) -> None:
+    """After a snapshot deleted the log below it: hand the free pages back to the file system
+    (``PRAGMA incremental_vacuum``, a no-op on a file without incremental vacuum) and truncate
+    the write-ahead log. Outside any transaction; a failure is logged, never raised: the state
+    is already durable, only the space waits for the next snapshot."""
+    try:
+        # executescript steps the pragma to its end; execute() would free one page per call.
+        dbapi_connection.executescript("PRAGMA incremental_vacuum;")
+        dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("SQLite could not give back free space after a snapshot: %s", exc)

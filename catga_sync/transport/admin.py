@@ -2,7 +2,8 @@
 
 ``GET {url_prefix}/admin/members`` (``?local=true``: this node's own view, not forwarded),
 ``POST`` and ``DELETE {url_prefix}/admin/members`` with ``{"endpoint": ..., "voter": true}``,
-and ``POST {url_prefix}/admin/transfer-leader`` with ``{"to": ...}``. They are peer routes:
+``POST {url_prefix}/admin/transfer-leader`` with ``{"to": ...}``, and ``GET
+{url_prefix}/admin/snapshot`` (a backup: :mod:`catga_sync.storage.backup`). They are peer routes:
 with a cluster secret, a request is signed (:mod:`~catga_sync.transport.signing`) over its
 method, path and body. A node forwards an admin call to the leader with
 :data:`HEADER_FORWARDED` set, so the leader answers ``409 not_leader`` rather than forwarding
@@ -34,6 +35,7 @@ from .wire import HEADER_NODE, HEADER_SENDER
 __all__ = [
     "ADMIN_MEMBERS_PATH",
     "ADMIN_ROUTES",
+    "ADMIN_SNAPSHOT_PATH",
     "ADMIN_TRANSFER_PATH",
     "HEADER_FORWARDED",
     "AdminClient",
@@ -41,7 +43,12 @@ __all__ = [
 
 ADMIN_MEMBERS_PATH = "/admin/members"
 ADMIN_TRANSFER_PATH = "/admin/transfer-leader"
-ADMIN_ROUTES = {"members": ADMIN_MEMBERS_PATH, "transfer": ADMIN_TRANSFER_PATH}
+ADMIN_SNAPSHOT_PATH = "/admin/snapshot"
+ADMIN_ROUTES = {
+    "members": ADMIN_MEMBERS_PATH,
+    "transfer": ADMIN_TRANSFER_PATH,
+    "snapshot": ADMIN_SNAPSHOT_PATH,
+}
 HEADER_FORWARDED = "X-Catga-Forwarded"
 """Set on an admin call a node forwards to the leader: it is never forwarded twice."""
 

@@ -1,7 +1,9 @@
 """The admin routes of the peer blueprint: membership and leadership, for operators.
 
-``GET {url_prefix}/admin/members``, ``POST`` / ``DELETE {url_prefix}/admin/members`` and
-``POST {url_prefix}/admin/transfer-leader`` (wire: :mod:`catga_sync.transport.admin`). They
+``GET {url_prefix}/admin/members``, ``POST`` / ``DELETE {url_prefix}/admin/members``,
+``POST {url_prefix}/admin/transfer-leader`` and ``GET {url_prefix}/admin/snapshot`` (a backup,
+streamed as the JSON document of :mod:`catga_sync.storage.backup`; wire:
+:mod:`catga_sync.transport.admin`). They
 are peer routes: checked by the same gate as the Raft RPC (size limit, then the signature with
 a cluster secret), so only holders of the secret can change the cluster. Any node answers; a
 follower forwards the call to the leader. A bad body gets a JSON 400 (413, 415) and changes
@@ -17,6 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..config_values import normalize_or_reason
 from ..errors import (
+    BackupFileError,
     CatgaError,
     CommitTimeoutError,
     ForwardingError,
@@ -25,9 +28,17 @@ from ..errors import (
     NodeNotRunningError,
     NotLeaderError,
     RequestBodyError,
+    UsageError,
 )
+from ..raft import Snapshot
 from ..runtime.membership import Members
-from ..transport.admin import ADMIN_MEMBERS_PATH, ADMIN_TRANSFER_PATH, HEADER_FORWARDED
+from ..storage.backup import backup_chunks
+from ..transport.admin import (
+    ADMIN_MEMBERS_PATH,
+    ADMIN_SNAPSHOT_PATH,
+    ADMIN_TRANSFER_PATH,
+    HEADER_FORWARDED,
+)
 from .bodies import parse_json, require_json_content_type
 
 __all__ = ["ADD_TIMEOUT", "AdminNode", "register_admin_routes"]
@@ -62,6 +73,10 @@ class AdminNode(Protocol):
     def move_leadership(
         self, to: str | None = None, *, timeout: float | None = None, forward: bool = True
     ) -> str: ...
+
+    def backup_snapshot(
+        self, *, timeout: float | None = None, forward: bool = True
+    ) -> Snapshot: ...
 
 
 ReadBody = Callable[[tuple[str, ...]], tuple[bytes, str]]
@@ -128,6 +143,23 @@ def register_admin_routes(
         except CatgaError as exc:
             return _refusal(exc)
 
+    @bp.route(ADMIN_SNAPSHOT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def snapshot() -> Response | tuple[Response, int]:
+        raw, _sender = read(("GET",))
+        forward = request.headers.get(HEADER_FORWARDED) != "1"
+        try:
+            if raw.strip():
+                raise _bad("GET snapshot takes no body")
+            if request.args:
+                raise _bad(f"GET snapshot takes no query parameters, got {sorted(request.args)}")
+            taken = node_or_503().backup_snapshot(forward=forward)
+        except RequestBodyError as exc:
+            return _error(exc.status, exc.code, str(exc))
+        except CatgaError as exc:
+            return _refusal(exc)
+        headers = {"Cache-Control": "no-store", "X-Catga-Snapshot-Index": str(taken.meta.index)}
+        return Response(backup_chunks(taken), mimetype="application/json", headers=headers)
+
 
 def _object(raw: bytes, allowed: set[str]) -> dict[str, Any]:
     require_json_content_type()
@@ -185,4 +217,8 @@ def _refusal(exc: CatgaError) -> tuple[Response, int]:
         return _error(503, "not_running", str(exc))
     if isinstance(exc, ForwardingError):
         return _error(502, "leader_unreachable", str(exc))
+    if isinstance(exc, BackupFileError):
+        return _error(502, "bad_snapshot", str(exc))
+    if isinstance(exc, UsageError):
+        return _error(409, "no_snapshot", str(exc))
     return _error(500, "admin_failed", f"{type(exc).__name__}: {exc}")

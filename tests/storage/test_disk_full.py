@@ -74,7 +74,9 @@ def test_a_full_disk_stops_the_node_naming_the_file_and_nothing_is_retried(
         applied = status.last_applied
     finally:
         node.stop()
-    # What is on disk is whole: every write that returned, nothing torn.
+    # What is on disk is whole: every write that returned, nothing torn. Opening writes (the
+    # owner row), so first make room, as the operator would before a restart.
+    subprocess.run(["mount", "-o", "remount,size=1m", str(tiny_disk)], check=True)
     storage = open_storage("full", str(state))
     try:
         stored = storage.open()
