@@ -129,7 +129,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     ("args", "code", "says"),
     [
         (("status",), 1, "no cluster to talk to: pass --cluster"),
-        (("status", "--cluster", "http://127.0.0.1:1"), 1, "no node answered"),
+        (("status", "--cluster", "http://127.0.0.1:1"), 2, "no node answered"),  # unhealthy
         (("status", "--cluster", "ftp://x"), 1, "is not a node URL"),
         (("members", "frobnicate"), 2, "invalid choice"),
         (("members", "add"), 2, "the following arguments are required: ENDPOINT"),

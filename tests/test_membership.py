@@ -211,6 +211,32 @@ def test_a_removed_follower_learns_of_its_removal_though_the_first_appends_are_l
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_a_node_removed_and_added_back_at_once_with_empty_storage_catches_up(seed: int) -> None:
+    """Replacing a dead node under its endpoint: removed, then a new, empty process added
+    back while the leader still says farewell to the old one. The leader must forget what the
+    old one held (it once looped for ever on the stale match, and the new one never caught
+    up)."""
+    cluster, leader, (dead, _) = _settled(seed)
+    for k in range(5):
+        cluster.commit(f"x{k}".encode())
+    cluster.crash(dead)
+    for k in range(3):
+        cluster.commit(f"y{k}".encode())
+    removal = cluster.change_membership(REMOVE, dead)
+    cluster.run_until(lambda: cluster.core(leader).commit_index >= removal.index)
+    del cluster.nodes[dead]
+    cluster.add_node(dead)  # a new process, empty storage, the same id
+    cluster.set_faults(delay=(1, 1))
+    cluster.change_membership(ADD_LEARNER, dead)
+
+    cluster.run_until(
+        lambda: cluster.core(dead).log.last_index == cluster.core(leader).log.last_index,
+        max_ticks=20 * ELECTION_TICKS,
+    )
+    assert cluster.applied(dead) == cluster.applied(leader)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_removed_follower_learns_of_its_removal_and_never_campaigns(seed: int) -> None:
     cluster, leader, (removed, kept) = _settled(seed)
     entry = _change_and_commit(cluster, REMOVE, removed, [leader, kept])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, TextIO
 
 from ..errors import CatgaError
@@ -104,7 +105,13 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
 
 
 def run(client: ClusterClient, out: TextIO, *, as_json: bool) -> int:
-    status = cluster_status(client)
+    """0 when a quorum answers and agrees on a leader; 2 otherwise, a cluster no node of which
+    answers included (the worst case for a probe that tests for 2)."""
+    try:
+        status = cluster_status(client)
+    except CatgaError as exc:
+        print(f"catga status: unhealthy: {exc}", file=sys.stderr)
+        return 2
     if as_json:
         out.write(json.dumps(status, indent=2) + "\n")
     else:

@@ -1059,7 +1059,10 @@ class RaftCore:
         if self.role is not Role.LEADER:
             return
         for node in membership.nodes:
-            self._farewells.pop(node, None)  # removed, then added back
+            if self._farewells.pop(node, None) is not None:
+                # Removed, then added back: perhaps a new process with empty storage under the
+                # old endpoint, so what the old one held says nothing about it.
+                del self.progress[node]
             if node not in self.progress:
                 self.progress[node] = Progress(self.log.last_index + 1, self.config.max_inflight)
         for node in list(self.progress):

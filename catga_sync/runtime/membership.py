@@ -98,7 +98,9 @@ class NodeMembership:
         def read(core: RaftCore) -> dict[str, int]:
             if core.role is not Role.LEADER:
                 return {}
-            found = {node: p.match for node, p in core.progress.items()}
+            members = core.membership.nodes
+            # Not the nodes it still says farewell to (raft/core.py): they are no members.
+            found = {node: p.match for node, p in core.progress.items() if node in members}
             found[core.id] = core.log.last_index
             return {**found, "last_index": core.log.last_index}
 

@@ -39,7 +39,9 @@ def seed_storage(storage: Storage, snapshot: Snapshot, membership: Membership) -
                 f"refusing to restore node {storage.node_id!r} into {storage.describe()}: it "
                 f"already holds Raft state (term {state.hard_state.term}, log up to index "
                 f"{last + len(state.entries)}); restore only into an empty state directory "
-                "or database, or delete this node's state first"
+                "or database (restore every node of a new cluster from the backup; never one "
+                "node of a running cluster: with its old term forgotten it could vote twice in a "
+                "term)"
             )
         storage.persist(
             hard_state=HardState(seeded.meta.term, None, seeded.meta.index),
