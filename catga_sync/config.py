@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config_values import (
     NODE_ID_RE,
@@ -37,6 +37,11 @@ from .config_values import (
 from .errors import ConfigError
 from .raft import Membership, RaftConfig
 from .timeouts import Timeouts
+
+if TYPE_CHECKING:  # TLS between nodes (issue 12)
+    import ssl
+
+    from .tls import TlsClient
 
 __all__ = [
     "ELECTION_TIMEOUT_FLOOR",
@@ -128,6 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_every", "int"),
     Setting("autostart", "bool"),
     Setting("join", "bool"),
+    # TLS between nodes (issue 12; docs/security.rst)
+    Setting("tls_cert_file", "optional_str"),
+    Setting("tls_key_file", "optional_str"),
+    Setting("tls_ca_file", "optional_str"),
+    Setting("tls_require_client_cert", "bool"),
 )
 """Every key, in the order of :class:`ClusterConfig`'s fields."""
 
@@ -201,6 +211,17 @@ class ClusterConfig:
     """Join a running cluster: start with no membership of its own, never campaign, and wait
     to be added (``catga members add``). Without it, :attr:`members` is the bootstrap
     configuration, and once the log holds a membership change, the replicated one wins."""
+    # -- TLS between nodes (issue 12; docs/security.rst) ---------------------------------------
+    tls_cert_file: str | None = None
+    """This node's PEM certificate: it serves its https endpoint and is its client certificate
+    on every request to a peer. Set it with an ``https://`` LocalNodeEndpoint."""
+    tls_key_file: str | None = None
+    """The certificate's PEM private key (None: it is in :attr:`tls_cert_file`)."""
+    tls_ca_file: str | None = None
+    """The CA that peers' certificates must chain to, for every outgoing request (None: the
+    system's store); with :attr:`tls_require_client_cert`, also what clients must chain to."""
+    tls_require_client_cert: bool = False
+    """Mutual TLS: the server refuses a client without a certificate from :attr:`tls_ca_file`."""
 
     def __post_init__(self) -> None:
         # Frozen: normalized values are stored through object.__setattr__, once, here.
@@ -215,6 +236,7 @@ class ClusterConfig:
         put("persistent_state_path", self._check_state_path())
         self._check_strings(put)
         self._check_numbers(put)
+        self._check_tls(put)
         self._warn_about_size()
 
     # -- validation, one concern per method ---------------------------------------------------
@@ -420,6 +442,82 @@ class ClusterConfig:
                 raise ConfigError(
                     f"{_label(name)} must be True or False, got {getattr(self, name)!r}"
                 )
+
+    def _check_tls(self, put: _Put) -> None:
+        # TLS between nodes (issue 12): every TLS check and derived value is in this block.
+        from .tls import check_files
+
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(
+                    f"{_label(name)} must be the path of a PEM file, got {value!r}: leave it "
+                    "unset, or e.g. /etc/catga/node0.pem"
+                )
+            put(name, None if value is None else os.path.expanduser(value))
+        if not isinstance(self.tls_require_client_cert, bool):
+            raise ConfigError(
+                f"{_label('tls_require_client_cert')} must be True or False, got "
+                f"{self.tls_require_client_cert!r}"
+            )
+        cert, key, ca = self.tls_cert_file, self.tls_key_file, self.tls_ca_file
+        https = self.local_node_endpoint.startswith("https://")
+        if key is not None and cert is None:
+            raise ConfigError(
+                f"{_label('tls_key_file')} is set without {_label('tls_cert_file')}: set both "
+                "(the certificate and its private key)"
+            )
+        if https and cert is None:
+            raise ConfigError(
+                f"{_label('local_node_endpoint')} {self.local_node_endpoint} is https but "
+                f"{_label('tls_cert_file')} is not set: give the node its certificate and key "
+                "(Cluster__TlsCertFile and Cluster__TlsKeyFile), or use an http:// endpoint"
+            )
+        if cert is not None and not https:
+            raise ConfigError(
+                f"{_label('tls_cert_file')} is set but {_label('local_node_endpoint')} "
+                f"{self.local_node_endpoint} is http: peers would not speak TLS to it; write "
+                "the endpoint as https://host:port"
+            )
+        if https:
+            plain = [m for m in self.members if not m.startswith("https://")]
+            if plain:
+                raise ConfigError(
+                    f"{_label('members')} lists {', '.join(plain)} over http while this node "
+                    "serves https: write every member as https://host:port (the cluster speaks "
+                    "TLS or does not)"
+                )
+        if self.tls_require_client_cert and (ca is None or cert is None):
+            raise ConfigError(
+                f"{_label('tls_require_client_cert')} needs {_label('tls_ca_file')} (the CA "
+                f"clients' certificates must chain to) and {_label('tls_cert_file')}: set both"
+            )
+        labels = {
+            "cert": _label("tls_cert_file"),
+            "key": _label("tls_key_file"),
+            "ca": _label("tls_ca_file"),
+        }
+        check_files(cert, key, ca, labels=labels)
+
+    @property
+    def tls_client(self) -> TlsClient:
+        """What this node's outgoing requests verify (:attr:`tls_ca_file`) and present (its
+        certificate)."""
+        from .tls import TlsClient
+
+        return TlsClient(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """The context this node serves its endpoint with; None when it serves plain http."""
+        if self.tls_cert_file is None:
+            return None
+        from .tls import server_context
+
+        return server_context(
+            self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.tls_require_client_cert
+        )
 
     def _warn_about_size(self) -> None:
         voters = len(self.members) + 1

@@ -29,6 +29,7 @@ from ..errors import (
     NotLeaderError,
     PeerAuthError,
 )
+from ..tls import TlsClient
 from .signing import signed_headers
 from .wire import HEADER_NODE, HEADER_SENDER
 
@@ -63,12 +64,14 @@ class AdminClient:
         url_prefix: str = "/_catga",
         sender: str = "catga-cli",
         sender_name: str = "catga-cli",
+        tls: TlsClient | None = None,
     ) -> None:
         self.secret = secret or None
         self.url_prefix = url_prefix.rstrip("/")
         self.sender = sender
         self.sender_name = sender_name
         self._session = requests.Session()
+        (tls or TlsClient()).configure(self._session)
 
     def request(
         self,
