@@ -213,8 +213,7 @@ class ClusterConfig:
     configuration, and once the log holds a membership change, the replicated one wins."""
     # -- TLS between nodes (issue 12; docs/security.rst) ---------------------------------------
     tls_cert_file: str | None = None
-    """This node's PEM certificate: it serves its https endpoint and is its client certificate
-    on every request to a peer. Set it with an ``https://`` LocalNodeEndpoint."""
+    """This node's PEM certificate: it serves its https endpoint and is its client certificate."""
     tls_key_file: str | None = None
     """The certificate's PEM private key (None: it is in :attr:`tls_cert_file`)."""
     tls_ca_file: str | None = None
@@ -444,67 +443,13 @@ class ClusterConfig:
                 )
 
     def _check_tls(self, put: _Put) -> None:
-        # TLS between nodes (issue 12): every TLS check and derived value is in this block.
-        from .tls import check_files
+        from .tls import check_settings  # TLS between nodes (issue 12): the checks are there
 
-        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(
-                    f"{_label(name)} must be the path of a PEM file, got {value!r}: leave it "
-                    "unset, or e.g. /etc/catga/node0.pem"
-                )
-            put(name, None if value is None else os.path.expanduser(value))
-        if not isinstance(self.tls_require_client_cert, bool):
-            raise ConfigError(
-                f"{_label('tls_require_client_cert')} must be True or False, got "
-                f"{self.tls_require_client_cert!r}"
-            )
-        cert, key, ca = self.tls_cert_file, self.tls_key_file, self.tls_ca_file
-        https = self.local_node_endpoint.startswith("https://")
-        if key is not None and cert is None:
-            raise ConfigError(
-                f"{_label('tls_key_file')} is set without {_label('tls_cert_file')}: set both "
-                "(the certificate and its private key)"
-            )
-        if https and cert is None:
-            raise ConfigError(
-                f"{_label('local_node_endpoint')} {self.local_node_endpoint} is https but "
-                f"{_label('tls_cert_file')} is not set: give the node its certificate and key "
-                "(Cluster__TlsCertFile and Cluster__TlsKeyFile), or use an http:// endpoint"
-            )
-        if cert is not None and not https:
-            raise ConfigError(
-                f"{_label('tls_cert_file')} is set but {_label('local_node_endpoint')} "
-                f"{self.local_node_endpoint} is http: peers would not speak TLS to it; write "
-                "the endpoint as https://host:port"
-            )
-        if https:
-            plain = [m for m in self.members if not m.startswith("https://")]
-            if plain:
-                raise ConfigError(
-                    f"{_label('members')} lists {', '.join(plain)} over http while this node "
-                    "serves https: write every member as https://host:port (the cluster speaks "
-                    "TLS or does not)"
-                )
-        if self.tls_require_client_cert and (ca is None or cert is None):
-            raise ConfigError(
-                f"{_label('tls_require_client_cert')} needs {_label('tls_ca_file')} (the CA "
-                f"clients' certificates must chain to) and {_label('tls_cert_file')}: set both"
-            )
-        labels = {
-            "cert": _label("tls_cert_file"),
-            "key": _label("tls_key_file"),
-            "ca": _label("tls_ca_file"),
-        }
-        check_files(cert, key, ca, labels=labels)
+        check_settings(self, put, _label)
 
     @property
     def tls_client(self) -> TlsClient:
-        """What this node's outgoing requests verify (:attr:`tls_ca_file`) and present (its
-        certificate)."""
+        """What this node's outgoing requests verify (TlsCaFile) and present (its certificate)."""
         from .tls import TlsClient
 
         return TlsClient(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)

@@ -12,13 +12,15 @@ runs, so a missing file or a key that does not match its certificate fails at st
 from __future__ import annotations
 
 import functools
+import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["TlsClient", "check_files", "server_context"]
+__all__ = ["TlsClient", "check_files", "check_settings", "server_context"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,9 @@ class TlsClient:
         return options
 
     def configure(self, session: Any) -> Any:
-        """Set ``session.verify`` and ``session.cert`` (a ``requests.Session``); returns it."""
+        """Set ``session.verify`` and ``session.cert`` (a ``requests.Session``); returns it.
+        With ``trust_env`` on, ``REQUESTS_CA_BUNDLE`` overrides the session's ``verify``: pass
+        :meth:`requests_options` per request there instead."""
         options = self.requests_options()
         session.verify = options["verify"]
         session.cert = options.get("cert")
@@ -112,3 +116,64 @@ def check_files(
                 f"{labels['ca']} {ca_file!r} holds no usable CA certificate ({exc}): give the "
                 "PEM certificate of the CA that signed the nodes' certificates"
             ) from None
+
+
+def check_settings(
+    config: Any, put: Callable[[str, object], None], label: Callable[[str], str]
+) -> None:
+    """The start-up checks of a :class:`~catga_sync.config.ClusterConfig`'s TLS settings:
+    paths normalized through ``put``; a ConfigError naming the key (``label``) and the fix."""
+    _label = label
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        value = getattr(config, name)
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(
+                f"{_label(name)} must be the path of a PEM file, got {value!r}: leave it "
+                "unset, or e.g. /etc/catga/node0.pem"
+            )
+        put(name, None if value is None else os.path.expanduser(value))
+    if not isinstance(config.tls_require_client_cert, bool):
+        raise ConfigError(
+            f"{_label('tls_require_client_cert')} must be True or False, got "
+            f"{config.tls_require_client_cert!r}"
+        )
+    cert, key, ca = config.tls_cert_file, config.tls_key_file, config.tls_ca_file
+    https = config.local_node_endpoint.startswith("https://")
+    if key is not None and cert is None:
+        raise ConfigError(
+            f"{_label('tls_key_file')} is set without {_label('tls_cert_file')}: set both "
+            "(the certificate and its private key)"
+        )
+    if https and cert is None:
+        raise ConfigError(
+            f"{_label('local_node_endpoint')} {config.local_node_endpoint} is https but "
+            f"{_label('tls_cert_file')} is not set: give the node its certificate and key "
+            "(Cluster__TlsCertFile and Cluster__TlsKeyFile), or use an http:// endpoint"
+        )
+    if cert is not None and not https:
+        raise ConfigError(
+            f"{_label('tls_cert_file')} is set but {_label('local_node_endpoint')} "
+            f"{config.local_node_endpoint} is http: peers would not speak TLS to it; write "
+            "the endpoint as https://host:port"
+        )
+    if https:
+        plain = [m for m in config.members if not m.startswith("https://")]
+        if plain:
+            raise ConfigError(
+                f"{_label('members')} lists {', '.join(plain)} over http while this node "
+                "serves https: write every member as https://host:port (the cluster speaks "
+                "TLS or does not)"
+            )
+    if config.tls_require_client_cert and (ca is None or cert is None):
+        raise ConfigError(
+            f"{_label('tls_require_client_cert')} needs {_label('tls_ca_file')} (the CA "
+            f"clients' certificates must chain to) and {_label('tls_cert_file')}: set both"
+        )
+    labels = {
+        "cert": _label("tls_cert_file"),
+        "key": _label("tls_key_file"),
+        "ca": _label("tls_ca_file"),
+    }
+    check_files(cert, key, ca, labels=labels)

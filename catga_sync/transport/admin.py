@@ -71,7 +71,9 @@ class AdminClient:
         self.sender = sender
         self.sender_name = sender_name
         self._session = requests.Session()
-        (tls or TlsClient()).configure(self._session)
+        # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE override a
+        # session's verify, and the CA given (TlsCaFile, --tls-ca-file) must win.
+        self._tls = (tls or TlsClient()).requests_options()
 
     def request(
         self,
@@ -98,7 +100,7 @@ class AdminClient:
         url = base_url.rstrip("/") + path + ("?local=true" if local else "")
         try:
             response = self._session.request(
-                method, url, data=raw, headers=headers, timeout=timeout
+                method, url, data=raw, headers=headers, timeout=timeout, **self._tls
             )
         except requests.RequestException as exc:
             raise LeaderUnreachableError(
