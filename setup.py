@@ -54,6 +54,7 @@ setup(
             "hypothesis",
             "prometheus_client>=0.17",
             "gunicorn>=22",  # tests/e2e runs the example under it (example_flask/gunicorn.conf.py)
+            "trustme",  # tests/test_tls.py makes its CA and node certificates at test time
         ],
         "docs": ["sphinx>=7", "furo"],
     },

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config_values import (
     NODE_ID_RE,
@@ -37,6 +37,11 @@ from .config_values import (
 from .errors import ConfigError
 from .raft import Membership, RaftConfig
 from .timeouts import Timeouts
+
+if TYPE_CHECKING:  # TLS between nodes (issue 12)
+    import ssl
+
+    from .tls import TlsClient
 
 __all__ = [
     "ELECTION_TIMEOUT_FLOOR",
@@ -128,6 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_every", "int"),
     Setting("autostart", "bool"),
     Setting("join", "bool"),
+    # TLS between nodes (issue 12; docs/security.rst)
+    Setting("tls_cert_file", "optional_str"),
+    Setting("tls_key_file", "optional_str"),
+    Setting("tls_ca_file", "optional_str"),
+    Setting("tls_require_client_cert", "bool"),
 )
 """Every key, in the order of :class:`ClusterConfig`'s fields."""
 
@@ -201,6 +211,16 @@ class ClusterConfig:
     """Join a running cluster: start with no membership of its own, never campaign, and wait
     to be added (``catga members add``). Without it, :attr:`members` is the bootstrap
     configuration, and once the log holds a membership change, the replicated one wins."""
+    # -- TLS between nodes (issue 12; docs/security.rst) ---------------------------------------
+    tls_cert_file: str | None = None
+    """This node's PEM certificate: it serves its https endpoint and is its client certificate."""
+    tls_key_file: str | None = None
+    """The certificate's PEM private key (None: it is in :attr:`tls_cert_file`)."""
+    tls_ca_file: str | None = None
+    """The CA that peers' certificates must chain to, for every outgoing request (None: the
+    system's store); with :attr:`tls_require_client_cert`, also what clients must chain to."""
+    tls_require_client_cert: bool = False
+    """Mutual TLS: the server refuses a client without a certificate from :attr:`tls_ca_file`."""
 
     def __post_init__(self) -> None:
         # Frozen: normalized values are stored through object.__setattr__, once, here.
@@ -215,6 +235,7 @@ class ClusterConfig:
         put("persistent_state_path", self._check_state_path())
         self._check_strings(put)
         self._check_numbers(put)
+        self._check_tls(put)
         self._warn_about_size()
 
     # -- validation, one concern per method ---------------------------------------------------
@@ -420,6 +441,28 @@ class ClusterConfig:
                 raise ConfigError(
                     f"{_label(name)} must be True or False, got {getattr(self, name)!r}"
                 )
+
+    def _check_tls(self, put: _Put) -> None:
+        from .tls import check_settings  # TLS between nodes (issue 12): the checks are there
+
+        check_settings(self, put, _label)
+
+    @property
+    def tls_client(self) -> TlsClient:
+        """What this node's outgoing requests verify (TlsCaFile) and present (its certificate)."""
+        from .tls import TlsClient
+
+        return TlsClient(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """The context this node serves its endpoint with; None when it serves plain http."""
+        if self.tls_cert_file is None:
+            return None
+        from .tls import server_context
+
+        return server_context(
+            self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.tls_require_client_cert
+        )
 
     def _warn_about_size(self) -> None:
         voters = len(self.members) + 1

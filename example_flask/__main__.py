@@ -27,8 +27,19 @@ DEFAULT_PORTS = (5000, 5001, 5002)
 
 def build_config(args: argparse.Namespace, environ: dict[str, str]) -> ClusterConfig:
     overrides: dict[str, Any] = {}
+    # With a certificate (--tls-cert-file or Cluster__TlsCertFile) the node serves https, and
+    # its own and its default members' endpoints are https://.
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
+    if args.tls_require_client_cert:
+        overrides["tls_require_client_cert"] = True
+    tls = "tls_cert_file" in overrides or any(
+        key.lower() == "cluster__tlscertfile" and value for key, value in environ.items()
+    )
+    scheme = "https" if tls else "http"
     if args.port is not None:
-        overrides["local_node_endpoint"] = f"http://{args.advertise_host}:{args.port}"
+        overrides["local_node_endpoint"] = f"{scheme}://{args.advertise_host}:{args.port}"
     if args.node_id:
         overrides["node_id"] = args.node_id
     if args.members:
@@ -50,12 +61,12 @@ def build_config(args: argparse.Namespace, environ: dict[str, str]) -> ClusterCo
         key.lower().startswith("cluster__members") for key in environ
     ):
         overrides["members"] = (
-            tuple(f"http://{args.advertise_host}:{p}" for p in DEFAULT_PORTS)
+            tuple(f"{scheme}://{args.advertise_host}:{p}" for p in DEFAULT_PORTS)
             if args.cluster
             else ()
         )
     if "local_node_endpoint" not in overrides and not from_env:
-        overrides["local_node_endpoint"] = f"http://{args.advertise_host}:{DEFAULT_PORTS[0]}"
+        overrides["local_node_endpoint"] = f"{scheme}://{args.advertise_host}:{DEFAULT_PORTS[0]}"
     if from_env:
         return ClusterConfig.from_env(environ, **overrides)
     return ClusterConfig(**overrides)
@@ -87,6 +98,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         help="applied entries between snapshots (default 10000; soak runs use fewer to see "
         "the log compacted)",
+    )
+    parser.add_argument("--tls-cert-file", help="this node's PEM certificate: serve https")
+    parser.add_argument("--tls-key-file", help="the certificate's private key")
+    parser.add_argument("--tls-ca-file", help="the CA peers' certificates must chain to")
+    parser.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        help="mutual TLS: refuse peers without a certificate from --tls-ca-file",
     )
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument(
@@ -124,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in range(args.burn_threads):
         threading.Thread(target=burn_cpu, name=f"burn-{k}", daemon=True).start()
     port = args.port or int(config.local_node_endpoint.rsplit(":", 1)[1])
-    server = make_threaded_server(app, args.host, port)
+    server = make_threaded_server(app, args.host, port, config.server_ssl_context())
     stopping = threading.Event()
 
     def shut_down(signum: int, _frame: object) -> None:

@@ -9,13 +9,28 @@ from typing import Any
 
 from ..config_values import normalize_or_reason
 from ..errors import CatgaError, LeaderUnreachableError, PeerAuthError, UsageError
+from ..tls import TlsClient, check_files
 from ..transport.admin import AdminClient
 
-__all__ = ["CLUSTER_URL_ENV", "CliError", "ClusterClient", "cluster_urls", "secret_from"]
+__all__ = [
+    "CLUSTER_URL_ENV",
+    "TLS_OPTIONS",
+    "CliError",
+    "ClusterClient",
+    "cluster_urls",
+    "secret_from",
+    "tls_from",
+]
 
 CLUSTER_URL_ENV = "CATGA_CLUSTER_URL"
 SECRET_ENV = "Cluster__Secret"
 DEFAULT_TIMEOUT = 10.0
+TLS_OPTIONS = (
+    ("--tls-ca-file", "Cluster__TlsCaFile", "the CA the nodes' certificates chain to"),
+    ("--tls-cert-file", "Cluster__TlsCertFile", "a client certificate, for mutual TLS"),
+    ("--tls-key-file", "Cluster__TlsKeyFile", "the client certificate's key"),
+)
+"""The CLI's TLS flags, the environment variables they fall back to, and what they name."""
 
 
 class CliError(UsageError):
@@ -52,6 +67,24 @@ def secret_from(given: str | None, environ: Mapping[str, str] | None = None) -> 
     return None
 
 
+def tls_from(args: Any, environ: Mapping[str, str] | None = None) -> TlsClient:
+    """The CLI's TLS files from ``--tls-ca-file`` and so on, else ``Cluster__TlsCaFile`` ...
+    (case-insensitive); checked like a node's (readable, the key matches the certificate)."""
+    env = os.environ if environ is None else environ
+    folded = {key.lower(): value for key, value in env.items() if value}
+    files: list[str | None] = []
+    labels: dict[str, str] = {}
+    for (flag, env_key, _what), name in zip(TLS_OPTIONS, ("ca", "cert", "key"), strict=True):
+        given = getattr(args, flag[2:].replace("-", "_"), None)
+        files.append(given or folded.get(env_key.lower()))
+        labels[name] = f"{flag} ({env_key})"
+    ca, cert, key = files
+    if key is not None and cert is None:
+        raise CliError("--tls-key-file is set without --tls-cert-file: give both, or neither")
+    check_files(cert, key, ca, labels=labels)
+    return TlsClient(ca, cert, key)
+
+
 class ClusterClient:
     """Admin calls to a cluster known by a few of its nodes' URLs."""
 
@@ -62,10 +95,11 @@ class ClusterClient:
         secret: str | None,
         url_prefix: str = "/_catga",
         timeout: float = DEFAULT_TIMEOUT,
+        tls: TlsClient | None = None,
     ) -> None:
         self.urls = list(urls)
         self.timeout = timeout
-        self.admin = AdminClient(secret=secret, url_prefix=url_prefix)
+        self.admin = AdminClient(secret=secret, url_prefix=url_prefix, tls=tls)
 
     def first(
         self, method: str, route: str, body: dict[str, Any] | None = None, *, local: bool = False

@@ -80,6 +80,7 @@ def _client(options: dict[str, Any]) -> ClusterClient:
         secret=secret_from(options.get("secret")) or config.secret,
         url_prefix=config.url_prefix,
         timeout=options.get("timeout") or 10.0,
+        tls=config.tls_client,  # the app's own TlsCaFile and certificate
     )
 
 

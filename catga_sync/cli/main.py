@@ -14,7 +14,14 @@ from typing import NoReturn, TextIO
 
 from ..errors import CatgaError
 from . import compact, members, restore, serve, snapshot, status, transfer
-from .client import CLUSTER_URL_ENV, ClusterClient, cluster_urls, secret_from
+from .client import (
+    CLUSTER_URL_ENV,
+    TLS_OPTIONS,
+    ClusterClient,
+    cluster_urls,
+    secret_from,
+    tls_from,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -35,6 +42,8 @@ def common_options() -> argparse.ArgumentParser:
         help=f"nodes to ask, the first that answers decides (or {CLUSTER_URL_ENV})",
     )
     common.add_argument("--secret", help="the cluster secret (or Cluster__Secret)")
+    for flag, env, what in TLS_OPTIONS:
+        common.add_argument(flag, metavar="FILE", help=f"{what} (or {env})")
     common.add_argument("--url-prefix", default="/_catga", help="where the peer routes are")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     return common
@@ -68,6 +77,7 @@ def main(
         client = ClusterClient(
             cluster_urls(args.cluster),
             secret=secret_from(args.secret),
+            tls=tls_from(args),
             url_prefix=args.url_prefix,
             timeout=args.timeout,
         )

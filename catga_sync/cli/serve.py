@@ -32,6 +32,14 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--join", action="store_true", help="join a running cluster: wait to be added"
     )
+    parser.add_argument("--tls-cert-file", help="this node's PEM certificate (serves https)")
+    parser.add_argument("--tls-key-file", help="the certificate's private key")
+    parser.add_argument("--tls-ca-file", help="the CA peers' certificates must chain to")
+    parser.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        help="mutual TLS: refuse clients without a certificate from --tls-ca-file",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(serve=True)
 
@@ -55,6 +63,11 @@ def serve(args: argparse.Namespace) -> int:
         overrides["secret"] = args.secret
     if args.join:
         overrides["join"] = True
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
+    if args.tls_require_client_cert:
+        overrides["tls_require_client_cert"] = True
     done = threading.Event()
 
     def shut_down(_signum: int, _frame: object) -> None:

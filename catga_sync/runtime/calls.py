@@ -158,6 +158,7 @@ class NodeCalls:
                 secret=self.config.secret,
                 url_prefix=self.config.url_prefix,
                 connect_timeout=self.timeouts.peer_request,
+                ssl_context=self.config.tls_client.context(),
             )
         return self._proposals
 

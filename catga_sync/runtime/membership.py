@@ -383,6 +383,7 @@ class NodeMembership:
                 url_prefix=self.config.url_prefix,
                 sender=self.raft_id,
                 sender_name=self.node_id,
+                tls=self.config.tls_client,
             )
         return self._admin_client
 

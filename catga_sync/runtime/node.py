@@ -245,6 +245,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup):
                 timeout=self.timeouts.peer_request,
                 max_batch_bytes=config.max_message_bytes,
                 reply_receiver=self,
+                ssl_context=config.tls_client.context(),
             )
         machines = self.state_machines
         loop = self._loop = RaftLoop(

@@ -29,6 +29,7 @@ from ..errors import (
     NotLeaderError,
     PeerAuthError,
 )
+from ..tls import TlsClient
 from .signing import signed_headers
 from .wire import HEADER_NODE, HEADER_SENDER
 
@@ -63,12 +64,16 @@ class AdminClient:
         url_prefix: str = "/_catga",
         sender: str = "catga-cli",
         sender_name: str = "catga-cli",
+        tls: TlsClient | None = None,
     ) -> None:
         self.secret = secret or None
         self.url_prefix = url_prefix.rstrip("/")
         self.sender = sender
         self.sender_name = sender_name
         self._session = requests.Session()
+        # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE override a
+        # session's verify, and the CA given (TlsCaFile, --tls-ca-file) must win.
+        self._tls = (tls or TlsClient()).requests_options()
 
     def request(
         self,
@@ -95,7 +100,7 @@ class AdminClient:
         url = base_url.rstrip("/") + path + ("?local=true" if local else "")
         try:
             response = self._session.request(
-                method, url, data=raw, headers=headers, timeout=timeout
+                method, url, data=raw, headers=headers, timeout=timeout, **self._tls
             )
         except requests.RequestException as exc:
             raise LeaderUnreachableError(

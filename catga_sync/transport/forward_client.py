@@ -29,6 +29,7 @@ from ..fsm import rebuild_error
 # Without a mediator of its own the forwarder names the command with the one running the
 # current send; the mediator is pure (no I/O, no node), below the transport.
 from ..mediator import current_dispatch
+from ..tls import TlsClient
 from .forward_wire import FORWARD_PATH, HEADER_HOP, encode_forward_request
 from .signing import peer_post_headers
 from .wire import DEFAULT_URL_PREFIX, normalize_url_prefix
@@ -62,8 +63,11 @@ class HttpClusterForwarder:
         url_prefix: str = DEFAULT_URL_PREFIX,
         connect_timeout: float = 1.0,
         mediator: Mediator | None = None,
+        tls: TlsClient | None = None,
     ) -> None:
         self.sender_id = sender_id
+        self.tls = tls or TlsClient()
+        """Verifies an https leader (``TlsCaFile``) and presents our certificate."""
         self.sender_name = sender_name or sender_id
         self.secret = secret or None
         self.url_prefix = normalize_url_prefix(url_prefix)
@@ -83,6 +87,7 @@ class HttpClusterForwarder:
             url_prefix=config.url_prefix,
             connect_timeout=node.timeouts.peer_request,
             mediator=mediator,
+            tls=config.tls_client,
         )
 
     def _session(self) -> requests.Session:
@@ -90,6 +95,7 @@ class HttpClusterForwarder:
         if session is None:
             session = requests.Session()
             session.trust_env = False
+            self.tls.configure(session)
             self._local.session = session
         return session
 

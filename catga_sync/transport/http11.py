@@ -25,13 +25,23 @@ _MAX_HEADERS = 100
 
 class PeerConnection:
     """One connection to ``host:port`` (TLS when ``https``), opened on the first request and
-    kept alive until the peer closes it or :meth:`close` is called."""
+    kept alive until the peer closes it or :meth:`close` is called. ``ssl_context`` verifies
+    the peer (and presents a client certificate); None: the system's certificate store."""
 
-    def __init__(self, host: str, port: int, *, https: bool, timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        https: bool,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.https = https
         self.timeout = timeout
+        self.ssl_context = ssl_context
         self._sock: socket.socket | None = None
         self._reader: BinaryIO | None = None
         authority = host if ":" not in host else f"[{host}]"  # an IPv6 literal
@@ -89,7 +99,7 @@ class PeerConnection:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.https:
-                context = ssl.create_default_context()
+                context = self.ssl_context or ssl.create_default_context()
                 sock = context.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()

@@ -17,6 +17,7 @@ import base64
 import binascii
 import http.client
 import json
+import ssl
 import threading
 import time
 from typing import Any
@@ -91,12 +92,15 @@ class ProposalClient:
         secret: str | None,
         url_prefix: str,
         connect_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.sender_id = sender_id
         self.sender_name = sender_name
         self.secret = secret or None
         self.url_prefix = url_prefix
         self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
+        """Verifies an https leader and presents our certificate; None: the system's store."""
         self._local = threading.local()
 
     def forward(self, leader: str, data: bytes, timeout: float) -> tuple[int, dict[str, Any]]:
@@ -151,6 +155,7 @@ class ProposalClient:
                 parts.port or (443 if https else 80),
                 https=https,
                 timeout=self.connect_timeout,
+                ssl_context=self.ssl_context,
             )
             connections[leader] = connection
         elif connection.is_open and connection.dropped():

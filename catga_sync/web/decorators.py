@@ -159,6 +159,7 @@ class _Relay:
         if request.query_string:
             target += "?" + request.query_string.decode("latin-1")
         hint: list[str | None] = [None]
+        tls = node.config.tls_client.requests_options()
 
         def attempt() -> tuple[requests.Response, bytes] | None:
             if node.status.is_leader:
@@ -176,6 +177,7 @@ class _Relay:
                     timeout=(min(connect, max(remaining, 0.001)), max(remaining, 0.001)),
                     allow_redirects=False,
                     stream=True,
+                    **tls,  # the node's TlsCaFile and client certificate
                 )
             except (requests.ConnectTimeout, requests.ConnectionError) as exc:
                 if _connect_failed(exc):

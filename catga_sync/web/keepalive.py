@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -90,6 +91,19 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
         track = getattr(self.server, "track", None)
         if callable(track):
             track(self.connection, True)
+        self._tls_refused = False
+        if isinstance(self.connection, ssl.SSLSocket):
+            # The handshake runs here, in the connection's thread, not in the accept loop:
+            # a slow or hostile client holds up only its own thread.
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                self._tls_refused = True
+                log.warning("TLS handshake with %s refused: %s", self.client_address[0], exc)
+
+    def handle(self) -> None:
+        if not self._tls_refused:
+            super().handle()
 
     def finish(self) -> None:
         track = getattr(self.server, "track", None)
@@ -235,13 +249,23 @@ class BindError(Exception):
 
 class KeepAliveServer(ThreadedWSGIServer):
     """Werkzeug's threaded server with :class:`KeepAliveRequestHandler`; closing it also closes
-    the kept-alive connections, so no idle connection keeps reaching a stopped app."""
+    the kept-alive connections, so no idle connection keeps reaching a stopped app.
 
-    def __init__(self, host: str, port: int, app: Any) -> None:
+    With ``ssl_context`` it serves TLS: the listening socket is wrapped, and each connection's
+    handshake runs in its own thread (Werkzeug's would run it in the accept loop)."""
+
+    def __init__(
+        self, host: str, port: int, app: Any, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.closing = False
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(host, port, app, handler=KeepAliveRequestHandler)
+        if ssl_context is not None:
+            self.socket = ssl_context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.ssl_context = ssl_context  # Werkzeug reads it: wsgi.url_scheme is https
 
     def server_bind(self) -> None:
         # Werkzeug answers a failed bind by printing and exiting the process; a library must

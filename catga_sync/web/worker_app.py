@@ -3,6 +3,7 @@ extension that serves it (:class:`EmbeddedServer`)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -77,10 +78,13 @@ __all__ = [
 ]
 
 
-def make_threaded_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
+def make_threaded_server(
+    app: Flask, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> BaseWSGIServer:
     """A threaded Werkzeug server with keep-alive, for nodes without another WSGI server
-    (:mod:`catga_sync.web.keepalive`)."""
-    return KeepAliveServer(host, port, app)
+    (:mod:`catga_sync.web.keepalive`); TLS with ``ssl_context``
+    (:meth:`~catga_sync.config.ClusterConfig.server_ssl_context`)."""
+    return KeepAliveServer(host, port, app, ssl_context)
 
 
 class EmbeddedServer(Extension):
@@ -99,10 +103,11 @@ class EmbeddedServer(Extension):
     def start(self) -> None:
         node = self._node
         parts = urlsplit(node.raft_id)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         app = create_worker_app(node)  # type: ignore[arg-type]  # the node serves the routes
         try:
-            self._server = make_threaded_server(app, host, port)
+            self._server = make_threaded_server(app, host, port, node.config.server_ssl_context())
         except (BindError, OSError) as exc:
             raise ConfigError(
                 f"node {node.node_id} cannot serve its endpoint {node.raft_id}: {host}:{port} "

@@ -156,6 +156,7 @@ class LocalCluster:
                 timeout=max(config.election_timeout.total_seconds(), 0.1),
                 max_batch_bytes=config.max_message_bytes,
                 reply_receiver=replies,
+                ssl_context=config.tls_client.context(),  # https endpoints: the node's TLS
             )
         if self.checker is not None:
             transport = self.checker.transport(transport, config.raft_id)
