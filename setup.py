@@ -55,6 +55,11 @@ setup(
             "prometheus_client>=0.17",
             "gunicorn>=22",  # tests/e2e runs the example under it (example_flask/gunicorn.conf.py)
             "trustme",  # tests/test_tls.py makes its CA and node certificates at test time
+            # tests/test_deploy.py: deploy/k8s/ against the Kubernetes schemas, and the YAML of
+            # deploy/ read directly (kubernetes-validate depends on PyYAML; listed since the
+            # tests import yaml themselves)
+            "kubernetes-validate>=1.28",
+            "pyyaml>=6",
         ],
         "docs": ["sphinx>=7", "furo"],
     },

@@ -606,6 +606,10 @@ class ClusterConfig:
         Member indexes run from 0 without gaps. Other ``Cluster__*`` variables are errors.
         """
         env = os.environ if environ is None else environ
+        return cls._build(cls._env_raw(env), overrides)
+
+    @staticmethod
+    def _env_raw(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
         raw: dict[str, tuple[str, Any]] = {}
         indexed: dict[int, tuple[str, str]] = {}
         for key, value in env.items():
@@ -645,7 +649,7 @@ class ClusterConfig:
                 "Cluster__Members",
                 [indexed[i][1] for i in range(len(indexed))],
             )
-        return cls._build(raw, overrides)
+        return raw
 
     @classmethod
     def from_flask_config(cls, config: Mapping[str, Any], **overrides: Any) -> ClusterConfig:
@@ -656,6 +660,29 @@ class ClusterConfig:
         parsing) or strings; ``CATGA_CLUSTER_MEMBERS`` takes a list, a comma-separated string
         or a JSON list. An unknown ``CATGA_CLUSTER_*`` key is an error; ``None`` means unset.
         """
+        return cls._build(cls._flask_raw(config), overrides)
+
+    @classmethod
+    def from_flask_and_env(
+        cls,
+        config: Mapping[str, Any],
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> ClusterConfig:
+        """What ``CatgaCluster(app)`` reads: each setting from the Flask ``CATGA_CLUSTER_*``
+        key when set (not ``None``), else from the guide's ``Cluster__*`` variable
+        (``environ`` defaults to ``os.environ``), else its default. ``overrides`` win over
+        both. Each source is checked as by :meth:`from_flask_config` and :meth:`from_env`.
+        """
+        env = os.environ if environ is None else environ
+        raw = cls._env_raw(env)
+        for name, entry in cls._flask_raw(config).items():
+            if entry[1] is not None:
+                raw[name] = entry
+        return cls._build(raw, overrides)
+
+    @staticmethod
+    def _flask_raw(config: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
         raw: dict[str, tuple[str, Any]] = {}
         for key, value in config.items():
             if not isinstance(key, str) or not key.startswith("CATGA_CLUSTER_"):
@@ -665,7 +692,7 @@ class ClusterConfig:
                 known = ", ".join(s.flask_key for s in SETTINGS)
                 raise ConfigError(f"Unknown Flask config key {key}. Known keys: {known}.")
             raw[setting.name] = (key, value)
-        return cls._build(raw, overrides)
+        return raw
 
     @classmethod
     def _build(cls, raw: dict[str, tuple[str, Any]], overrides: Mapping[str, Any]) -> ClusterConfig:

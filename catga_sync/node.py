@@ -48,7 +48,9 @@ class ClusterNode(RaftNode):
 
     In a Flask app, :class:`~catga_sync.web.CatgaCluster` creates and starts it; in a worker
     process without Flask, ``ClusterNode(config).start()`` also serves the peer RPC from an
-    embedded threaded HTTP server on the local endpoint's port (``serve_http=False``: not).
+    embedded threaded HTTP server on the local endpoint's port (``serve_http=False``: not),
+    bound to ``bind_host`` (default: the endpoint's host; ``0.0.0.0`` in a container, where
+    the advertised name is not an address of the container's own).
     ``mediator`` runs the commands forwarded to ``POST {url_prefix}/forward``; ``forwarder``
     is the default :class:`~catga_sync.forwarding.ClusterForwarder` of every
     :class:`~catga_sync.forwarding.ForwardToLeaderBehavior` on this node (default: HTTP).
@@ -67,6 +69,7 @@ class ClusterNode(RaftNode):
         session_ttl: float = 3600.0,
         mediator: Mediator | None = None,
         forwarder: ClusterForwarder | None = None,
+        bind_host: str | None = None,
     ) -> None:
         super().__init__(
             config,
@@ -83,7 +86,7 @@ class ClusterNode(RaftNode):
         self.add_extension(LeaderJobs())
         self.add_extension(ForwardingGuard(mediator, forwarder=forwarder))
         if serve_http:
-            self.add_extension(EmbeddedServer())
+            self.add_extension(EmbeddedServer(bind_host))
         self._memory_warning = (
             storage is None and config.persistent_state_path is None and len(config.voters) > 1
         )

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -92,7 +91,8 @@ mediator = Mediator()
 """The OrderSystem's mediator commands (ShipOrder); the node's forwarding endpoint runs them."""
 
 cluster = CatgaCluster(state_machines=[Orders], mediator=mediator)
-"""Used by :func:`create_app` when it is given no ClusterConfig (``CATGA_CLUSTER_*`` keys)."""
+"""Used by :func:`create_app` when it is given no ClusterConfig (``CATGA_CLUSTER_*`` keys,
+else ``Cluster__*`` variables)."""
 
 FORWARD_KEY = "example_flask.forward_to_leader"
 
@@ -108,13 +108,11 @@ class ApiError(CatgaError):
 
 
 def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flask:
-    """The app factory: reads the guide's ``Cluster__*`` environment variables when there are
-    any (``gunicorn 'example_flask:create_app()'``, ``example_flask/gunicorn.conf.py``), else
-    ``CATGA_CLUSTER_*`` keys, unless a ClusterConfig is given."""
+    """The app factory: unless a ClusterConfig is given, the extension reads each setting
+    from a ``CATGA_CLUSTER_*`` key, else from the guide's ``Cluster__*`` environment variable
+    (``gunicorn 'example_flask:create_app()'``, ``example_flask/gunicorn.conf.py``)."""
     app = Flask(__name__)
     app.config.update(flask_config)
-    if config is None and any(key.lower().startswith("cluster__") for key in os.environ):
-        config = ClusterConfig.from_env(os.environ)
     if config is not None:
         CatgaCluster(app, config=config, state_machines=[Orders], mediator=mediator)
     else:

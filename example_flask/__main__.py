@@ -2,7 +2,10 @@
 
 Without ``--members``, the members are the three local ports 5000-5002. The guide's
 environment variables (``Cluster__LocalNodeEndpoint``, ``Cluster__Members__0``,
-``Cluster__PersistentStatePath``, ...) are honoured too; flags win. SIGTERM and Ctrl-C stop the
+``Cluster__PersistentStatePath``, ...) are honoured too; flags win. The listening address is
+``--host``, else ``CATGA_BIND_HOST`` (``deploy/Dockerfile`` sets ``0.0.0.0``), else the
+endpoint's host; it is not the advertised endpoint. This is the command ``deploy/Dockerfile``
+runs. SIGTERM and Ctrl-C stop the
 node gracefully: a leader hands leadership over first.
 """
 
@@ -16,6 +19,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from catga_sync import CatgaCluster, CatgaError, ClusterConfig
 from catga_sync.web.worker_app import make_threaded_server
@@ -78,7 +82,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="HTTP port (this node's endpoint)")
     parser.add_argument("--node-id", help="this node's id (default: derived from the endpoint)")
     parser.add_argument("--members", help="comma-separated member endpoints")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("CATGA_BIND_HOST") or None,
+        help="address to listen on (default: CATGA_BIND_HOST, which deploy/Dockerfile sets to "
+        "0.0.0.0; else the endpoint's host, or 127.0.0.1 with --port)",
+    )
     parser.add_argument("--advertise-host", default="localhost", help="host in endpoints")
     parser.add_argument(
         "--state-dir",
@@ -142,8 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     node = CatgaCluster.state_of(app).node
     for k in range(args.burn_threads):
         threading.Thread(target=burn_cpu, name=f"burn-{k}", daemon=True).start()
-    port = args.port or int(config.local_node_endpoint.rsplit(":", 1)[1])
-    server = make_threaded_server(app, args.host, port, config.server_ssl_context())
+    endpoint = urlsplit(config.local_node_endpoint)
+    port = args.port or endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    # With --port the endpoint is http(s)://{advertise_host}:{port}: listen on loopback, as
+    # before; an endpoint from Cluster__LocalNodeEndpoint is listened on by its host.
+    host = args.host or ("127.0.0.1" if args.port else endpoint.hostname or "127.0.0.1")
+    server = make_threaded_server(app, host, port, config.server_ssl_context())
     stopping = threading.Event()
 
     def shut_down(signum: int, _frame: object) -> None:

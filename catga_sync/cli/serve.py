@@ -4,6 +4,10 @@ A node started this way serves the peer RPC, the admin and the operational route
 (``/health``, ``/cluster``, ...) from an embedded threaded server on its endpoint's port.
 Settings come from flags, else from the guide's environment variables
 (``Cluster__LocalNodeEndpoint``, ...). The one command that starts a node.
+
+The address it listens on is a setting of its own, apart from the advertised endpoint:
+``--host`` (else ``CATGA_BIND_HOST``, which the image in ``deploy/Dockerfile`` sets to
+``0.0.0.0``; else the endpoint's host).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser("serve", help="run a cluster node until SIGTERM or Ctrl-C")
     parser.add_argument("--endpoint", help="this node's URL, e.g. http://localhost:6000")
     parser.add_argument("--members", help="comma-separated member endpoints")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("CATGA_BIND_HOST") or None,
+        help="address to listen on (default: CATGA_BIND_HOST, else the endpoint's host)",
+    )
     parser.add_argument("--node-id", help="this node's id (default: derived from the endpoint)")
     parser.add_argument("--state", help="state directory or SQLAlchemy URL (default: memory)")
     parser.add_argument("--secret", help="cluster secret (or Cluster__Secret)")
@@ -81,7 +90,7 @@ def serve(args: argparse.Namespace) -> int:
             config = ClusterConfig.from_env(os.environ, **overrides)
         else:
             config = ClusterConfig(**overrides)
-        node = ClusterNode(config).start()
+        node = ClusterNode(config, bind_host=args.host).start()
     except CatgaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -53,7 +53,10 @@ class ClusterState:
 class CatgaCluster:
     """Joins a Flask app to a catga_sync cluster.
 
-    ``init_app`` reads ``CATGA_CLUSTER_*`` config (or takes a :class:`ClusterConfig`),
+    ``init_app`` takes the ``config=`` :class:`ClusterConfig` if given; else it reads each
+    setting from the app's ``CATGA_CLUSTER_*`` key, or failing that from the guide's
+    ``Cluster__*`` environment variable, or takes its default
+    (:meth:`ClusterConfig.from_flask_and_env`). It
     registers the peer RPC blueprint under ``/_catga`` and the operational routes
     (``/health``, ``/livez``, ``/readyz``, ``/cluster``, ``/metrics``), and starts the node in
     the process that serves the app — not in the Werkzeug reloader's watching process, nor in
@@ -94,7 +97,8 @@ class CatgaCluster:
                 "CatgaCluster is already registered on this app: call init_app() once per app "
                 "(create one CatgaCluster at module level and call init_app in your factory)"
             )
-        config = self._config or ClusterConfig.from_flask_config(app.config)
+        # config= > CATGA_CLUSTER_* keys > the guide's Cluster__* environment > defaults.
+        config = self._config or ClusterConfig.from_flask_and_env(app.config)
         node = ClusterNode(
             config,
             scheduler=self._scheduler,

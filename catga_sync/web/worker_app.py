@@ -93,7 +93,9 @@ class EmbeddedServer(Extension):
 
     name = "embedded_server"
 
-    def __init__(self) -> None:
+    def __init__(self, bind_host: str | None = None) -> None:
+        self._bind_host = bind_host or None
+        """The address to listen on; None: the endpoint's host."""
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -103,7 +105,7 @@ class EmbeddedServer(Extension):
     def start(self) -> None:
         node = self._node
         parts = urlsplit(node.raft_id)
-        host = parts.hostname or "127.0.0.1"
+        host = self._bind_host or parts.hostname or "127.0.0.1"
         port = parts.port or (443 if parts.scheme == "https" else 80)
         app = create_worker_app(node)  # type: ignore[arg-type]  # the node serves the routes
         try:
