@@ -48,6 +48,7 @@ from .fsm import error_type_name, rebuild_error
 from .idempotency import IdempotencyTable
 from .mediator import Mediator, Next, current_dispatch
 from .runtime.extension import Extension
+from .runtime.measures import Histogram, LabeledCounters, histogram, labeled_counter
 
 # The wire format and the HTTP client moved beside the other peer requests in transport/;
 # ``name as name`` re-exports each name that was importable from here, so old imports work.
@@ -240,9 +241,11 @@ class ForwardToLeaderBehavior:
             sleep=self._sleep,
             reraise=True,
         )
+        started = time.monotonic()
         try:
             result = retrying(attempt)
         except _RETRYABLE as exc:
+            _count_forward(coordinator.node, _outcome_of(exc, delivered[0]), started)
             if delivered[0]:
                 raise CommitTimeoutError(
                     f"{dispatch.command_name!r} was not answered by a leader within "
@@ -257,7 +260,11 @@ class ForwardToLeaderBehavior:
                     "cluster is up and reachable."
                 ) from exc
             raise
+        except Exception:
+            _count_forward(coordinator.node, "error", started)  # the handler's, on the leader
+            raise
         if result is not _LOCAL:
+            _count_forward(coordinator.node, "ok", started)
             return result
         if dispatch.idempotency_key is None:
             return next_()
@@ -313,6 +320,33 @@ class GuardedRun:
         return decode(self.wire.get("result"))
 
 
+@dataclass
+class ForwardStats:
+    """What this node forwarded to the leader (exported as metrics)."""
+
+    forwarded_requests: LabeledCounters = labeled_counter(
+        "Commands this node forwarded to the leader, by outcome: ok, error (the handler "
+        "raised), no_leader, unknown (maybe delivered, not answered in time), failed",
+        "outcome",
+    )
+    forward_latency_seconds: Histogram = histogram(
+        "Forwarded commands, from the first attempt to the answer (retries included)"
+    )
+
+
+def _outcome_of(exc: BaseException, delivered: bool) -> str:
+    if delivered:
+        return "unknown"
+    return "no_leader" if isinstance(exc, NoLeaderError) else "failed"
+
+
+def _count_forward(node: NodeHandle, outcome: str, started: float) -> None:
+    found = node.extensions.get(ForwardingGuard.name)
+    if isinstance(found, ForwardingGuard):
+        found.stats.forwarded_requests.inc(outcome)
+        found.stats.forward_latency_seconds.observe(time.monotonic() - started)
+
+
 class ForwardingGuard(Extension):
     """Runs commands at most once per idempotency key on one node while it leads.
 
@@ -343,6 +377,10 @@ class ForwardingGuard(Extension):
         """The node's default forwarder (``ClusterNode(forwarder=...)``); None: HTTP."""
         self._mutex = threading.Lock()
         self._locks: dict[str, list[Any]] = {}  # key -> [lock, users]
+        self.stats = ForwardStats()
+
+    def counters(self) -> ForwardStats:
+        return self.stats
 
     def install(self, node: NodeHandle) -> None:
         self._node = node

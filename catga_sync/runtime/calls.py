@@ -212,6 +212,18 @@ class NodeCalls:
 
         self._call(transfer, self._default_timeout(timeout))
 
+    def log_sizes(self, *, timeout: Duration = 1.0) -> tuple[int, int, int]:
+        """``(entries, bytes of their data, bytes of the snapshot)`` of the Raft log this node
+        holds now, read on the loop (for ``/metrics``)."""
+
+        def sizes(core: RaftCore) -> tuple[int, int, int]:
+            log = core.log
+            snapshot = log.snapshot
+            data = sum(len(e.data) for e in log.entries)
+            return len(log.entries), data, len(snapshot.data) if snapshot is not None else 0
+
+        return self._call(sizes, seconds(timeout))
+
     def wait_applied(self, index: int, timeout: Duration) -> None:
         """Block until this node has applied ``index``; raises CommitTimeoutError."""
         try:

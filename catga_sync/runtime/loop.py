@@ -38,7 +38,7 @@ from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, R
 from ..storage.base import Storage
 from .eventlog import EventLog, SlowWrites, message_log
 from .outbox import Outbox, ReplySlot
-from .status import NodeStats
+from .status import NodeStats, count_events
 
 __all__ = ["TICK", "Call", "Proposal", "RaftLoop"]
 
@@ -54,6 +54,7 @@ class _Waiter:
     term: int
     future: Future[Any]
     origin: str | None = None
+    proposed: float = 0.0
 
 
 @dataclass(slots=True)
@@ -79,6 +80,7 @@ class Proposal:
     data: bytes
     origin: str | None = None
     future: Future[tuple[int, Future[Any]]] = field(default_factory=Future)
+    created: float = field(default_factory=time.monotonic)
 
 
 class RaftLoop:
@@ -293,7 +295,7 @@ class RaftLoop:
                 proposal.future.set_exception(exc)
             return
         for proposal, entry in zip(batch, entries, strict=True):
-            waiter = _Waiter(entry.term, Future(), proposal.origin)
+            waiter = _Waiter(entry.term, Future(), proposal.origin, proposal.created)
             if proposal.origin is not None:
                 self.outbox.expect_commit(proposal.origin)
             self._waiters[entry.index] = waiter
@@ -332,6 +334,7 @@ class RaftLoop:
             self._apply(ready)  # 3. apply
             core.advance(ready)  # 4. advance
             if ready.events:
+                count_events(stats, ready.events)
                 self._events.report(ready.events)
             if message_log.isEnabledFor(logging.DEBUG):
                 self._events.messages("->", (*ready.early_messages, *ready.messages))
@@ -375,6 +378,8 @@ class RaftLoop:
         if changed is not None:
             self._written_hard = changed
         took = time.monotonic() - started
+        if sync:
+            self._stats.persist_latency_seconds.observe(took)
         if took >= self._slow_writes.threshold and not self.storage_unavailable:
             self._slow_writes.note(took)
 
@@ -424,6 +429,8 @@ class RaftLoop:
                 continue
             if waiter.origin is not None:
                 self.outbox.commit_seen(waiter.origin)
+            if waiter.term == entry.term:
+                self._stats.commit_latency_seconds.observe(time.monotonic() - waiter.proposed)
             if waiter.term != entry.term:
                 waiter.future.set_exception(
                     ProposalDroppedError(

@@ -41,6 +41,7 @@ from .calls import NodeCalls
 from .extension import Extension
 from .fork import ForkGuard
 from .loop import RaftLoop
+from .measures import rpc_observer
 from .membership import NodeMembership
 from .outbox import Outbox, ReplySlot
 from .state import ClientSession, StateHandle
@@ -246,6 +247,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup):
                 max_batch_bytes=config.max_message_bytes,
                 reply_receiver=self,
                 ssl_context=config.tls_client.context(),
+                rpc_observer=rpc_observer(self.stats, lambda: self._board.status.is_leader),
             )
         machines = self.state_machines
         loop = self._loop = RaftLoop(
@@ -417,6 +419,12 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup):
             f"state machine {name} is not registered on node {self.node_id}: register an "
             "instance with node.register(...) (or CatgaCluster(state_machines=[...])) before start"
         )
+
+    def state_size_bytes(self) -> int | None:
+        """Bytes the node's Raft state takes on disk (SQLite: its files), None when its
+        storage does not say (memory, a database server)."""
+        size = getattr(self._storage, "size_bytes", None)
+        return size() if callable(size) else None
 
     def _count_skipped_job(self) -> None:
         self.stats.skipped_jobs += 1

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..raft import RaftCore, Role
+from ..raft.events import CampaignStarted, ElectionWon
+from .measures import Histogram, LabeledCounters, LabeledHistograms, histogram, labeled_counter
 
-__all__ = ["NodeStats", "NodeStatus", "StatusBoard", "counter", "counters_of"]
+__all__ = ["NodeStats", "NodeStatus", "StatusBoard", "count_events", "counter", "counters_of"]
 
 log = logging.getLogger("catga_sync.node")
 
@@ -75,7 +77,7 @@ def counters_of(stats: object) -> list[tuple[str, str, int]]:
     return [
         (f.name, f.metadata["help"], getattr(stats, f.name))
         for f in dataclasses.fields(stats)  # type: ignore[arg-type]
-        if "help" in f.metadata
+        if "help" in f.metadata and "kind" not in f.metadata
     ]
 
 
@@ -87,6 +89,9 @@ class NodeStats:
     late_ticks: int = counter("Ticks that ran late because the tick job or the loop was delayed")
     skipped_jobs: int = counter("Tick jobs APScheduler skipped or missed")
     elections: int = counter("Elections this node started as a candidate")
+    elections_started: int = counter("Elections (after a won pre-vote, or a transfer) started")
+    elections_won: int = counter("Elections this node won: terms it became the leader of")
+    pre_vote_rounds: int = counter("Pre-vote rounds this node started (thesis 9.6)")
     leader_changes: int = counter("Times this node saw a new leader")
     readies: int = counter("Batches of Raft work handled (one storage transaction each)")
     snapshots: int = counter("Snapshots of the replicated state taken to compact the log")
@@ -103,6 +108,33 @@ class NodeStats:
     messages_sent: int = counter("Raft messages handed to the transport")
     messages_received: int = counter("Raft messages received from peers")
     invalid_messages: int = counter("Peer messages the core refused")
+    heartbeats_sent: LabeledCounters = labeled_counter(
+        "Replication RPCs (heartbeats, AppendEntries) attempted by this leader, per peer", "peer"
+    )
+    heartbeat_failures: LabeledCounters = labeled_counter(
+        "Replication RPCs of this leader that failed (no answer, refused), per peer", "peer"
+    )
+    peer_rpc_latency_seconds: LabeledHistograms = histogram(
+        "Latency of each RPC (POST) to a peer", "peer"
+    )
+    commit_latency_seconds: Histogram = histogram(
+        "Proposal to applied on the leader: queueing, fsync, replication to a quorum, apply"
+    )
+    persist_latency_seconds: Histogram = histogram(
+        "Synced storage writes of the Raft loop (entries, votes, snapshots), fsync included"
+    )
+
+
+def count_events(stats: NodeStats, events: tuple[object, ...]) -> None:
+    """Count the elections in a Ready's events (none in a steady cluster)."""
+    for event in events:
+        if isinstance(event, CampaignStarted):
+            if event.pre_vote:
+                stats.pre_vote_rounds += 1
+            else:
+                stats.elections_started += 1
+        elif isinstance(event, ElectionWon):
+            stats.elections_won += 1
 
 
 class StatusBoard:

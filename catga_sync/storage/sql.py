@@ -319,6 +319,12 @@ class SqlStorage:
             return path.with_name(path.name + ".lock")
         return path.with_name(f"{path.name}.{self.node_id}.lock")
 
+    def size_bytes(self) -> int | None:
+        """SQLite: bytes of its files (:func:`sqlite_size`); None for a database server."""
+        from .sqlite import sqlite_size
+
+        return None if self.sqlite_path is None else sqlite_size(self.sqlite_path)
+
     def open(self) -> PersistedState:
         with self._mutex:
             if self._engine is not None:

@@ -13,10 +13,12 @@ checkpoint, so the file shrinks to what the state holds. A file created by an ol
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, Update, event, insert
@@ -154,3 +156,15 @@ def give_back_space(dbapi_connection: Any) -> None:
         dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error as exc:
         log.warning("SQLite could not give back free space after a snapshot: %s", exc)
+
+
+def sqlite_size(path: Path) -> int:
+    """Bytes of the SQLite database ``path`` and its ``-wal``, ``-shm`` and ``-journal`` files
+    (shared by the nodes whose state is in that file). Safe from any thread."""
+    total = 0
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            total += os.stat(f"{path}{suffix}").st_size
+        except OSError:
+            continue
+    return total
