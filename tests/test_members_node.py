@@ -212,3 +212,14 @@ def test_join_is_a_setting_in_every_source() -> None:
         local_node_endpoint=JOINER, members=("http://localhost:7100",), join=True
     )
     assert not config.raft_config().membership.voters
+
+
+def test_an_idle_leader_lets_go_of_a_removed_peers_sender() -> None:
+    """The sender to a removed node lives a few election timeouts (its farewell), then goes,
+    even when the cluster writes nothing that would run a batch meanwhile."""
+    with LocalCluster(3, transport="http", committed_leader=True) as cluster:
+        leader = cluster.leader()
+        removed = cluster.follower()
+        leader.remove_member(removed.raft_id, timeout=5)
+        transport = leader._transport  # the peers it sends to are not public
+        poll(lambda: removed.raft_id not in transport.peers, 10, "the sender let go")

@@ -11,6 +11,7 @@ which :class:`catga_sync.node.ClusterNode` assembles.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -448,6 +449,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup):
             peers = frozenset(membership.nodes) - {self.raft_id}
             for node in self._peers - peers:
                 self._leaving[node] = now + self.timeouts.election * 4
+                self._expire_leaving_later(self.timeouts.election * 4)
             for node in peers:
                 self._leaving.pop(node, None)
             self._peers = peers
@@ -458,6 +460,17 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup):
         update = getattr(self._transport, "set_peers", None)
         if changed and callable(update):
             update(sorted(self._peers | set(self._leaving)))
+
+    def _expire_leaving_later(self, seconds: float) -> None:
+        # An idle cluster runs no batch that would let go of the sender: come back for it.
+        def expire() -> None:
+            # Stopped meanwhile: its transport closed every sender already.
+            with contextlib.suppress(CatgaError):
+                self.run_on_loop(lambda: self._update_peers(None), timeout=1.0)
+
+        timer = threading.Timer(seconds + 0.05, expire)
+        timer.daemon = True
+        timer.start()
 
     def _publish_status(self) -> None:
         loop = self._loop
