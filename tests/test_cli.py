@@ -15,7 +15,6 @@ from flask import Flask
 from helpers import LocalCluster, free_ports
 
 from catga_sync import CatgaCluster
-from catga_sync.cli.flask_cli import cli_command_without_node
 from catga_sync.cli.main import main
 from catga_sync.config import ClusterConfig
 from catga_sync.node import ClusterNode
@@ -168,12 +167,3 @@ def test_flask_cluster_group(cluster: LocalCluster) -> None:
     assert result.exit_code == 0 and result.output.count("voter") == 3
     result = runner.invoke(args=["cluster", "--cluster", "http://127.0.0.1:1", "members", "list"])
     assert result.exit_code == 1 and "no node answered" in result.output
-
-
-def test_flask_cluster_commands_do_not_start_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
-    assert cli_command_without_node(["--app", "example_flask", "cluster", "status"])
-    assert not cli_command_without_node(["--app", "cluster", "run"])
-    assert not cli_command_without_node(["run"])
-    monkeypatch.delenv("FLASK_RUN_FROM_CLI")
-    assert not cli_command_without_node(["cluster", "status"])

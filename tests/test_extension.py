@@ -230,6 +230,22 @@ def test_flask_routes_loads_the_app_without_starting_its_node() -> None:
     node.stop()  # nothing to stop; does not raise
 
 
+def test_flask_cluster_loads_the_app_without_starting_its_node() -> None:
+    """``flask cluster ...`` talks to the running nodes: loading the app for it must not start
+    a second node with the same id (here no node answers, so the command fails, in one line)."""
+    made: list[Flask] = []
+    cli = _cli_factory(made)
+    runner = Flask("placeholder").test_cli_runner()
+    result = runner.invoke(
+        cli,
+        ["cluster", "--cluster", "http://127.0.0.1:1", "members", "list"],
+        obj=ScriptInfo(create_app=cli.create_app),
+    )
+    assert result.exit_code == 1 and "no node answered" in result.output, result.output
+    (app,) = made
+    assert not CatgaCluster.state_of(app).node.running
+
+
 def test_an_app_command_runs_with_the_node_unstarted_unless_it_starts_it() -> None:
     made: list[Flask] = []
     cli = _cli_factory(made)

@@ -2,15 +2,16 @@
 
 ``status``, ``members list|add|remove`` and ``transfer-leader``, as in ``catga``; by default
 they ask the app's own node and its members (from ``CATGA_CLUSTER_*``), signed with the app's
-cluster secret. Loading the app for these commands does not start its node
-(:func:`cli_command_without_node`): a second node with the same id would fight the running one.
+cluster secret. Loading the app for these commands does not start its node (no ``flask``
+command but ``run`` does, see :class:`catga_sync.web.extension.CatgaCluster`): a second node
+with the same id would fight the running one.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -22,10 +23,9 @@ from ..errors import CatgaError
 from . import members, snapshot, status, transfer
 from .client import CLUSTER_URL_ENV, CliError, ClusterClient, cluster_urls, secret_from
 
-__all__ = ["cli_command_without_node", "cluster_cli"]
+__all__ = ["cluster_cli"]
 
 COMMAND = "cluster"
-_VALUE_OPTIONS = frozenset({"--app", "-A", "--env-file", "-e"})
 
 
 def _remember_options(cluster_url: str | None, secret: str | None, timeout: float) -> None:
@@ -46,20 +46,6 @@ cluster_cli = AppGroup(
     ],
     help="Operate the catga_sync cluster (starts no node).",
 )
-
-
-def cli_command_without_node(argv: Sequence[str] | None = None) -> bool:
-    """True when this process is ``flask cluster ...``: the app is loaded, its node must not
-    start."""
-    if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
-        return False
-    words = list(sys.argv[1:] if argv is None else argv)
-    positional = [
-        w
-        for i, w in enumerate(words)
-        if not w.startswith("-") and (i == 0 or words[i - 1] not in _VALUE_OPTIONS)
-    ]
-    return bool(positional) and positional[0] == COMMAND
 
 
 @cluster_cli.result_callback()

@@ -14,7 +14,7 @@ import click
 from flask import Flask, current_app, has_app_context
 from flask.cli import FlaskGroup
 
-from ..cli.flask_cli import cli_command_without_node, cluster_cli
+from ..cli.flask_cli import cluster_cli
 from ..config import ClusterConfig
 from ..config_values import Duration
 from ..errors import AlreadyRegisteredError, NotRegisteredError
@@ -115,8 +115,6 @@ class CatgaCluster:
         app.extensions[EXTENSION_KEY] = ClusterState(self, config, node)
         register_node_routes(app, node, ops_routes=self._ops_routes)
         app.cli.add_command(cluster_cli)  # `flask cluster ...` (catga_sync.cli)
-        if cli_command_without_node():  # it talks to the running nodes: never a second one
-            return
         if not config.autostart:
             return
         if _in_reloader_parent(app):
