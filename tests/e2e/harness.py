@@ -31,6 +31,7 @@ __all__ = [
     "leader_among",
     "poll",
     "running_cluster",
+    "started",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,20 +175,26 @@ class ExampleCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(state_dir: Path, size: int = 3) -> Iterator[ExampleCluster]:
-    """A started cluster of the example app with an agreed leader; its logs are printed if
-    the test fails, and every process is killed at the end."""
-    cluster = ExampleCluster(state_dir, size)
+def started(cluster: ExampleCluster) -> Iterator[ExampleCluster]:
+    """``cluster`` started; its logs printed if the test fails, every process killed at the
+    end."""
     cluster.start()
     try:
-        poll(lambda: len(cluster.statuses()) == size, 60, f"all {size} nodes serving")
-        cluster.wait_for_leader()
         yield cluster
     except BaseException:
         print(cluster.logs())
         raise
     finally:
         cluster.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(state_dir: Path, size: int = 3) -> Iterator[ExampleCluster]:
+    """A started cluster of the example app with an agreed leader (see :func:`started`)."""
+    with started(ExampleCluster(state_dir, size)) as cluster:
+        poll(lambda: len(cluster.statuses()) == size, 60, f"all {size} nodes serving")
+        cluster.wait_for_leader()
+        yield cluster
 
 
 def cluster_status(node: NodeProcess, timeout: float = 0.5) -> dict[str, Any] | None:

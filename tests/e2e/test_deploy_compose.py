@@ -24,7 +24,7 @@ import pytest
 import requests
 import yaml
 
-from .harness import ROOT, ExampleCluster, NodeProcess, free_ports, get_json, poll
+from .harness import ROOT, ExampleCluster, NodeProcess, free_ports, get_json, poll, started
 
 pytestmark = pytest.mark.e2e
 
@@ -115,15 +115,8 @@ def compose_cluster(tmp_path: Path) -> ExampleCluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ExampleCluster]:
-    c = compose_cluster(tmp_path)
-    c.start()
-    try:
+    with started(compose_cluster(tmp_path)) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop()
 
 
 def test_the_compose_services_elect_a_leader_and_serve_the_example(

@@ -11,22 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ExampleCluster, NodeProcess, get_json, poll
+from .harness import ExampleCluster, NodeProcess, get_json, poll, started
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ExampleCluster]:
-    c = ExampleCluster(tmp_path)
-    c.start()
-    try:
+    with started(ExampleCluster(tmp_path)) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop()
 
 
 def test_a_leader_is_elected_within_two_seconds(cluster: ExampleCluster) -> None:
