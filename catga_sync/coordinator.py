@@ -50,6 +50,7 @@ class ClusterCoordinator(Extension):
         self._callbacks: list[LeadershipCallback] = []
         self._events: queue.SimpleQueue[tuple[bool, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._previous: threading.Thread | None = None
         if node is not None:
             node.add_extension(self)
 
@@ -66,7 +67,9 @@ class ClusterCoordinator(Extension):
 
     def install(self, node: NodeHandle) -> None:
         self._node = node
-        LeadershipWatch(node, self._on_leadership)
+        # mirrored: in a worker that is a local client of its host (gunicorn -w N), the
+        # callbacks and signals follow the hosting worker's leadership.
+        LeadershipWatch(node, self._on_leadership, mirrored=True)
 
     # -- the guide's properties ---------------------------------------------------------------
 
@@ -142,18 +145,31 @@ class ClusterCoordinator(Extension):
         if change.elected:
             self._events.put((True, term))
         if change.stopped:
-            self._events.put(None)  # the node leads no more: the thread ends after these
-        if self._thread is None and (change.lost or change.elected):
-            # Started on the first event (on the Raft loop, once per node), not at install:
-            # a node that never led costs no thread.
+            # The node leads no more: this thread ends after these. Events that follow (a
+            # client worker that went on to host the node itself) get a thread of their own.
+            self._events.put(None)
+            self._events = queue.SimpleQueue()
+            self._previous, self._thread = self._thread, None
+        elif self._thread is None and (change.lost or change.elected):
+            # Started on the first event (on the Raft loop), not at install: a node that
+            # never led costs no thread.
             self._thread = threading.Thread(
-                target=self._deliver, name=f"catga-events-{self._node.node_id}", daemon=True
+                target=self._deliver,
+                args=(self._events, self._previous),
+                name=f"catga-events-{self._node.node_id}",
+                daemon=True,
             )
             self._thread.start()
 
-    def _deliver(self) -> None:
+    def _deliver(
+        self,
+        events: queue.SimpleQueue[tuple[bool, int] | None],
+        previous: threading.Thread | None,
+    ) -> None:
+        if previous is not None:
+            previous.join()  # the events of an earlier life first, in order
         while True:
-            event = self._events.get()
+            event = events.get()
             if event is None:
                 return
             is_leader, term = event

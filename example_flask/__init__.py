@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ from catga_sync.state import StateHandle
 from catga_sync.web.bodies import json_body
 from catga_sync.web.extension import CatgaCluster
 
-from . import background
+from . import background, fires
 from .orders import (
     CannotShip,
     InvalidOrder,
@@ -121,9 +122,16 @@ def create_app(config: ClusterConfig | None = None, **flask_config: Any) -> Flas
     app.extensions[FORWARD_KEY] = ForwardToLeaderBehavior(node)
     if app.config.get("EXAMPLE_BACKGROUND", True):
         background.install(node, app)  # the OutboxProcessor and the report job: leader only
+        fires.install(node, app.config)  # a job's fire times in a SQL table (EXAMPLE_FIRES_URL)
     app.register_blueprint(orders_blueprint)
     # Routing errors (unknown path, wrong method) never reach a blueprint's handlers.
     app.register_error_handler(HTTPException, _http_error)
+
+    @app.after_request
+    def served_by(response: Response) -> Response:
+        # Which process answered: under gunicorn -w N, any worker serves any route.
+        response.headers["X-Served-By"] = f"{node.node_id}/{os.getpid()}"
+        return response
 
     @app.get("/")
     def index() -> Any:

@@ -18,8 +18,8 @@ import logging
 import os
 from typing import Any
 
-workers = 1  # one node per process
-threads = 8
+workers = int(os.environ.get("WEB_CONCURRENCY", "3"))  # one hosts the node; the rest: clients
+threads = 4
 graceful_timeout = 10  # seconds to finish in-flight requests before worker_exit runs
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"

@@ -270,6 +270,9 @@ def acquire(
     ttl = check_ttl(seconds(ttl))
     wait = MAX_WAIT if timeout is None else check_wait(seconds(timeout))
     owner = check_owner(_default_owner(node) if owner is None else owner)
+    link = getattr(node, "host_link", None)
+    if link is not None:  # a worker that does not host its node: the hosting worker takes it
+        return link.acquire(name, ttl=ttl, timeout=wait, owner=owner, auto_renew=auto_renew)
     monitor = _monitor_of(node)
     clock = monitor.clock
     holder = uuid.uuid4().hex

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 
@@ -25,14 +25,18 @@ from ..errors import (
     NodeNotRunningError,
     NoLeaderError,
     NotLeaderError,
+    NotRegisteredError,
     ProposalDroppedError,
 )
-from ..fsm import Outcome
+from ..fsm import Outcome, ReplicatedState
 from ..raft import RaftCore
 from ..transport.proposals import ProposalClient
 from .fork import ForkGuard
 from .loop import Call, Proposal, RaftLoop
 from .status import NodeStatus, StatusBoard
+
+if TYPE_CHECKING:
+    from .remote import HostLink
 
 __all__ = ["NodeCalls"]
 
@@ -53,6 +57,10 @@ class NodeCalls:
     _board: StatusBoard
     _stopping_event: threading.Event
     _proposals: ProposalClient | None
+    _host_link: HostLink | None
+    state_machines: ReplicatedState
+
+    _active_board: Callable[[], StatusBoard]  # LocalClientMode: the mirror in a client
 
     @property
     def running(self) -> bool:
@@ -103,6 +111,9 @@ class NodeCalls:
         Raises :class:`~catga_sync.errors.CommitTimeoutError` when its outcome is unknown.
         """
         timeout = self._default_timeout(timeout)
+        link = self._host_link
+        if link is not None:  # a local client: the hosting worker runs it (runtime/remote.py)
+            return link.submit(data, timeout=timeout)
         deadline = time.monotonic() + timeout
         sent = False  # once it has left this function, its outcome can no longer be known
 
@@ -161,6 +172,34 @@ class NodeCalls:
                 ssl_context=self.config.tls_client.context(),
             )
         return self._proposals
+
+    def query(
+        self,
+        machine: str,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: Duration | None = None,
+        linearizable: bool = True,
+    ) -> Any:
+        """Run query ``method`` of the registered state machine named ``machine`` and return
+        its result: after a read barrier (``linearizable``), or on this node's state as it is.
+        A local client asks the hosting worker (linearizable either way: it holds no state)."""
+        kwargs = dict(kwargs or {})
+        link = self._host_link
+        if link is not None:
+            return link.query(
+                machine, method, list(args), kwargs, timeout=self._default_timeout(timeout)
+            )
+        target = self.state_machines.machines.get(machine)
+        if target is None:
+            raise NotRegisteredError(
+                f"no state machine named {machine!r} is registered on node {self.node_id}"
+            )
+        if linearizable:
+            self.read_barrier(timeout=timeout)
+        return self.run_on_loop(lambda: getattr(target, method)(*args, **kwargs), timeout=timeout)
 
     def read_barrier(self, *, timeout: Duration | None = None) -> int:
         """Wait until this node has applied everything committed before the call (a
@@ -235,7 +274,7 @@ class NodeCalls:
 
     def wait_for(self, predicate: Callable[[NodeStatus], bool], timeout: Duration) -> NodeStatus:
         """Block until ``predicate(status)`` holds; raises TimeoutError after ``timeout``."""
-        return self._board.wait_for(predicate, seconds(timeout), self.node_id)
+        return self._active_board().wait_for(predicate, seconds(timeout), self.node_id)
 
     def _default_timeout(self, timeout: Duration | None) -> float:
         return self.timeouts.call if timeout is None else seconds(timeout)

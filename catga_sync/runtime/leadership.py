@@ -42,14 +42,25 @@ class LeadershipWatch:
     node stops. Most status changes are commits, and cost one comparison here.
 
     ``on_change`` runs on the Raft loop: it must only update state and wake its own thread.
+    ``mirrored``: also follow the hosting worker's status while the node is a local client
+    (:mod:`~catga_sync.runtime.remote`); never for work that must run on the leader only.
     """
 
-    def __init__(self, node: NodeHandle, on_change: Callable[[LeadershipChange], None]) -> None:
+    def __init__(
+        self,
+        node: NodeHandle,
+        on_change: Callable[[LeadershipChange], None],
+        *,
+        mirrored: bool = False,
+    ) -> None:
         self._on_change = on_change
         self.leading: int | None = node.status.leading_term
         """The term this node leads in, as of the last change (None: not leading)."""
         self.stopped = False
-        node.add_status_listener(self._on_status)
+        if mirrored:
+            node.add_status_listener(self._on_status, mirrored=True)
+        else:  # the protocol's plain form: any NodeHandle has it
+            node.add_status_listener(self._on_status)
 
     def _on_status(self, old: NodeStatus, new: NodeStatus) -> None:
         leading = new.leading_term

@@ -45,6 +45,7 @@ from .loop import RaftLoop
 from .measures import rpc_observer
 from .membership import NodeMembership
 from .outbox import Outbox, ReplySlot
+from .remote import LocalClientMode
 from .state import ClientSession, StateHandle
 from .status import NodeStats, NodeStatus, StatusBoard, StatusListener
 from .timers import Pacemaker
@@ -61,7 +62,7 @@ E = TypeVar("E", bound=Extension)
 N = TypeVar("N", bound="RaftNode")
 
 
-class RaftNode(NodeCalls, NodeMembership, NodeBackup):
+class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
     """One member of a catga_sync cluster, without features: the engine.
 
     ``storage`` and ``transport`` default to the configured SQL or memory storage and the HTTP
@@ -350,8 +351,9 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup):
 
     @property
     def status(self) -> NodeStatus:
-        """The latest status (updated by the Raft loop after every batch)."""
-        return self._board.status
+        """The latest status (updated by the Raft loop after every batch; a local client's:
+        the hosting worker's, :mod:`~catga_sync.runtime.remote`)."""
+        return self._active_board().status
 
     @property
     def transport(self) -> Transport | None:
@@ -363,10 +365,13 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup):
         BackgroundScheduler (made on first use, started with the node, shut down with it)."""
         return self._pacemaker.scheduler
 
-    def add_status_listener(self, listener: StatusListener) -> None:
+    def add_status_listener(self, listener: StatusListener, *, mirrored: bool = False) -> None:
         """Call ``listener(old, new)`` on the Raft loop after the status changed. Keep it short
-        and non-blocking (the coordinator hands events to its own thread)."""
+        and non-blocking (the coordinator hands events to its own thread). ``mirrored``: also
+        the host's status while this node is a local client (not for leader-only work)."""
         self._board.add_listener(listener)
+        if mirrored:
+            self._add_mirrored_listener(listener)
 
     def name_of(self, raft_id: str | None) -> str | None:
         """The human node id of a member, when known (learned from its requests)."""

@@ -17,7 +17,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..errors import CommitTimeoutError, InvalidRequestIdError
@@ -35,9 +35,16 @@ class _Node(Protocol):
 
     def submit(self, data: bytes, *, timeout: float | None = None) -> Outcome: ...
 
-    def read_barrier(self, *, timeout: float | None = None) -> int: ...
-
-    def run_on_loop(self, fn: Callable[[], T], *, timeout: float | None = None) -> T: ...
+    def query(
+        self,
+        machine: str,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        linearizable: bool = True,
+    ) -> Any: ...
 
 
 OUTSTANDING_GRACE = 60.0
@@ -121,7 +128,7 @@ class StateHandle(Generic[M]):
     @property
     def local(self) -> LocalQueries[M]:
         """Queries on this node's state as it is now: fast, possibly stale."""
-        return LocalQueries(self._node, self._machine)
+        return LocalQueries(self._node, self._machine, self._name)
 
     def with_request_id(self, key: str) -> StateHandle[M]:
         """The same handle, with every command carrying request id ``key``: a command with an
@@ -174,20 +181,21 @@ class StateHandle(Generic[M]):
         return outcome.unwrap()
 
     def _query(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self._node.read_barrier(timeout=self._timeout)
-        return self._node.run_on_loop(lambda: getattr(self._machine, method)(*args, **kwargs))
+        return self._node.query(self._name, method, args, kwargs, timeout=self._timeout)
 
 
 class LocalQueries(Generic[M]):
     """Queries answered from this node's state without a read barrier."""
 
-    def __init__(self, node: _Node, machine: M) -> None:
+    def __init__(self, node: _Node, machine: M, name: str) -> None:
         self._node = node
         self._machine = machine
+        self._name = name
         self._queries = type(machine).queries()
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name not in self._queries:
             raise AttributeError(f"{type(self._machine).__name__} has no query {name!r}")
-        method = getattr(self._machine, name)
-        return lambda *args, **kwargs: self._node.run_on_loop(lambda: method(*args, **kwargs))
+        return lambda *args, **kwargs: self._node.query(
+            self._name, name, args, kwargs, linearizable=False
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from ..node import ClusterNode
 from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT
 from .decorators import forward_to_leader, leader_only
 from .worker_app import register_node_routes
+from .worker_relay import WorkerRelay
+from .workers import WorkerHosting
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -48,6 +51,9 @@ class ClusterState:
     cluster: CatgaCluster
     config: ClusterConfig
     node: ClusterNode
+    hosting: WorkerHosting | None = None
+    """Under a pre-fork server (gunicorn ``-w N``): whether this worker hosts the node or is a
+    local client of the one that does (:mod:`catga_sync.web.workers`)."""
 
 
 class CatgaCluster:
@@ -112,8 +118,15 @@ class CatgaCluster:
         for register in self._deferred:
             register(node)
         self._nodes.add(node)
-        app.extensions[EXTENSION_KEY] = ClusterState(self, config, node)
+        state = app.extensions[EXTENSION_KEY] = ClusterState(self, config, node)
         register_node_routes(app, node, ops_routes=self._ops_routes)
+        # In a worker that does not host the node, its routes go to the one that does.
+        app.wsgi_app = WorkerRelay(  # type: ignore[method-assign]
+            app.wsgi_app,
+            lambda: state.hosting.relay_target() if state.hosting is not None else None,
+            url_prefix=config.url_prefix,
+            ops=self._ops_routes,
+        )
         app.cli.add_command(cluster_cli)  # `flask cluster ...` (catga_sync.cli)
         if not config.autostart:
             return
@@ -133,7 +146,7 @@ class CatgaCluster:
                 command,
             )
             return
-        _start(node)
+        _start(node, state)
 
     # -- access from views and app code --------------------------------------------------------
 
@@ -197,7 +210,8 @@ class CatgaCluster:
     def start(self, app: Flask | None = None) -> ClusterNode:
         """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``, or in a
         ``flask`` command, where init_app leaves it unstarted); it stops at interpreter exit."""
-        return _start(self.state_of(app).node)
+        state = self.state_of(app)
+        return _start(state.node, state)
 
     def stop(self, app: Flask | None = None, **kwargs: Any) -> None:
         """Stop the node, handing leadership over first when it leads."""
@@ -286,10 +300,26 @@ _started_nodes: weakref.WeakSet[ClusterNode] = weakref.WeakSet()
 """Nodes the extension started in this process (a forked child forgets its parent's)."""
 
 
-def _start(node: ClusterNode) -> ClusterNode:
-    node.start()
+_hostings: weakref.WeakKeyDictionary[ClusterNode, WorkerHosting] = weakref.WeakKeyDictionary()
+
+
+def _start(node: ClusterNode, state: ClusterState | None = None) -> ClusterNode:
+    if _in_prefork_worker() and node not in _hostings:
+        # gunicorn -w N: one worker hosts the node, the others are its local clients.
+        hosting = _hostings[node] = WorkerHosting(node)
+        if state is not None:
+            state.hosting = hosting
+        hosting.start()
+    elif node not in _hostings:
+        node.start()
     _started_nodes.add(node)
     return node
+
+
+def _in_prefork_worker() -> bool:
+    """True in a worker of a pre-fork server, where siblings build the same node (gunicorn's
+    workers are forked from its arbiter; a plain process or ``flask run`` is not one)."""
+    return "gunicorn.arbiter" in sys.modules and os.environ.get("CATGA_WORKERS", "") != "off"
 
 
 def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> None:
@@ -301,17 +331,23 @@ def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> Non
     which runs before the interpreter's exit and while the peers can still be reached.
     """
     for node in list(_started_nodes):
+        hosting = _hostings.get(node)
         try:
+            if hosting is not None:
+                hosting.stop()  # no takeover by this worker from now on
             node.stop(transfer=transfer, timeout=timeout)
         except Exception:  # at exit: stop the others all the same
             log.exception("catga_sync: node %s failed to stop", node.node_id)
+        finally:
+            if hosting is not None:
+                hosting.release()  # after the node stopped: a sibling may host it now
 
 
 atexit.register(stop_nodes)
 
 if hasattr(os, "register_at_fork"):
     # The parent's nodes are the parent's to stop: their threads did not survive the fork.
-    os.register_at_fork(after_in_child=lambda: _started_nodes.clear())
+    os.register_at_fork(after_in_child=lambda: (_started_nodes.clear(), _hostings.clear()))
 
 
 def _flask_command() -> str | None:

@@ -1,0 +1,92 @@
+"""The files beside a node's state through which the workers of one host find each other.
+
+The *worker lock* (``<node_id>.workers.lock``, an ``flock``) says which worker hosts the node;
+the *workers file* (``<node_id>.workers.json``, mode 0600) says where the hosting worker serves
+the node's routes on loopback, and the token its siblings must send (:mod:`.workers`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from ..node import ClusterNode
+
+__all__ = ["RETRY", "WORKER_TOKEN_HEADER", "HostInfo", "worker_paths"]
+
+WORKER_TOKEN_HEADER = "X-Catga-Worker-Token"
+RETRY = 0.1
+"""Seconds between a client's looks at the workers file while no host answers."""
+
+
+def worker_paths(node: ClusterNode) -> tuple[Path, Path]:
+    """The worker lock and the workers file of ``node``: beside its SQLite state, else in the
+    temporary directory under a name derived from the node and its storage."""
+    config = node.config
+    path = config.persistent_state_path
+    directory: Path | None = None
+    if path is not None and "://" not in str(path):
+        directory = Path(path).expanduser().resolve()
+    elif path is not None and str(path).startswith("sqlite"):
+        database = make_url(str(path)).database
+        if database and database != ":memory:":
+            directory = Path(database).expanduser().resolve().parent
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = directory / f"{node.node_id}.workers"
+    else:
+        key = hashlib.sha256(f"{node.raft_id}|{node.node_id}|{path}".encode()).hexdigest()[:16]
+        stem = Path(tempfile.gettempdir()) / f"catga-sync-{key}.workers"
+    return stem.with_suffix(".lock"), stem.with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What the hosting worker publishes in the workers file."""
+
+    pid: int
+    ppid: int
+    port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    @classmethod
+    def read(cls, path: Path) -> HostInfo | None:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls(int(raw["pid"]), int(raw["ppid"]), int(raw["port"]), str(raw["token"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, path: Path) -> None:
+        body = json.dumps(
+            {"pid": self.pid, "ppid": self.ppid, "port": self.port, "token": self.token}
+        )
+        tmp = path.with_name(f"{path.name}.{self.pid}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, body.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of it
