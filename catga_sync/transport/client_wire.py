@@ -26,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "CLIENT_PATH",
     "COMMANDS_PATH",
+    "HEADER_LEADER",
     "LEADERSHIP_PATH",
     "LOCK_ACQUIRE_PATH",
     "LOCK_RELEASE_PATH",
@@ -45,6 +46,10 @@ QUERIES_PATH = f"{CLIENT_PATH}/queries"
 LOCK_ACQUIRE_PATH = f"{CLIENT_PATH}/locks/acquire"
 LOCK_RENEW_PATH = f"{CLIENT_PATH}/locks/renew"
 LOCK_RELEASE_PATH = f"{CLIENT_PATH}/locks/release"
+
+HEADER_LEADER = "X-Catga-Leader"
+"""On every answer of a client route: the leader's endpoint as the node knows it (absent when
+it knows none), so a client sends its next request there and saves a hop."""
 
 MAX_LONG_POLL = 30.0
 """The longest ``wait`` of a leadership long poll, in seconds."""

@@ -54,6 +54,7 @@ from ..locks import (
 from ..locks.monitor import _monitor_of
 from ..transport.client_wire import (
     COMMANDS_PATH,
+    HEADER_LEADER,
     LEADERSHIP_PATH,
     LOCK_ACQUIRE_PATH,
     LOCK_RELEASE_PATH,
@@ -163,6 +164,13 @@ def create_client_blueprint(
                 "This node's client API needs the cluster's client token: send "
                 "Authorization: Bearer <ClientToken> (ClusterClient(..., secret=...)).",
             )
+
+    @bp.after_request
+    def leader_hint(response: Response) -> Response:
+        leader = node.status.leader_endpoint
+        if leader is not None:
+            response.headers[HEADER_LEADER] = leader
+        return response
 
     def running_status() -> NodeStatus:
         status = node.status
