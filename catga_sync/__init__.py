@@ -18,6 +18,7 @@ from .errors import (
     AlreadyRegisteredError,
     BackupFileError,
     CatgaError,
+    ClientAuthError,
     CommandError,
     CommitTimeoutError,
     ConfigError,
@@ -51,6 +52,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .client import ClusterClient
     from .config import ClusterConfig, Timeouts
     from .coordinator import ClusterCoordinator
     from .fencing import fenced_update
@@ -103,6 +105,8 @@ _LAZY: dict[str, str] = {
     "fenced_update": "fencing",
     # Flask
     "CatgaCluster": "web.extension",
+    # processes outside the cluster
+    "ClusterClient": "client",
     # testing
     "SimulatedCluster": "testing",
 }
@@ -154,12 +158,15 @@ __all__ = [  # noqa: RUF022 (grouped by layer: the map of the package)
     "fenced_update",
     # Flask: catga_sync.web
     "CatgaCluster",
+    # processes outside the cluster: catga_sync.client
+    "ClusterClient",
     # testing: catga_sync.testing
     "SimulatedCluster",
     # errors: catga_sync.errors
     "AlreadyRegisteredError",
     "BackupFileError",
     "CatgaError",
+    "ClientAuthError",
     "CommandError",
     "CommitTimeoutError",
     "ConfigError",

@@ -120,6 +120,9 @@ class ClusterConfig:
     endpoint as ``host-port``."""
     secret: str | None = field(default=None, repr=False)
     """Cluster secret for HMAC-signed peer requests; None leaves the peer API open."""
+    client_token: str | None = field(default=None, repr=False)
+    """The bearer token a :class:`~catga_sync.client.ClusterClient` must send to the client
+    routes (``{url_prefix}/client``); None leaves them open. Not the peers' :attr:`secret`."""
     table_prefix: str = "catga_"
     """Prefix of the SQL tables (lowercase letters, digits, underscores)."""
     sqlite_synchronous: str = "FULL"
@@ -318,6 +321,30 @@ class ClusterConfig:
                     _label("secret"),
                     SHORT_SECRET,
                 )
+        token = self.client_token
+        if token is not None:
+            if not isinstance(token, str) or not token:
+                raise ConfigError(
+                    f"{_label('client_token')} must be a non-empty string (the bearer token "
+                    "clients send), or unset to leave the client routes open"
+                )
+            if not token.isprintable() or not token.isascii() or " " in token:
+                raise ConfigError(
+                    f"{_label('client_token')} must be printable ASCII without spaces (it "
+                    "travels in an Authorization: Bearer header)"
+                )
+            if token == secret:
+                raise ConfigError(
+                    f"{_label('client_token')} equals {_label('secret')}: give clients a "
+                    "token of their own, so a client cannot sign peer requests"
+                )
+            if len(token) < SHORT_SECRET:
+                logger.warning(
+                    "%s is shorter than %d characters: use e.g. python -c 'import secrets; "
+                    "print(secrets.token_hex(32))'",
+                    _label("client_token"),
+                    SHORT_SECRET,
+                )
         prefix = self.table_prefix
         if not isinstance(prefix, str) or not _TABLE_PREFIX_RE.fullmatch(prefix):
             raise ConfigError(
@@ -479,7 +506,7 @@ class ClusterConfig:
         shown = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "secret":
+            if f.name in ("secret", "client_token"):
                 text = "None" if value is None else "'***'"
             elif f.name == "persistent_state_path" and value is not None:
                 text = repr(_mask_password(value))

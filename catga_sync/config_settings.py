@@ -62,6 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("persistent_state_path", "optional_str"),
     Setting("node_id", "str"),
     Setting("secret", "optional_str"),
+    Setting("client_token", "optional_str"),
     Setting("table_prefix", "str"),
     Setting("sqlite_synchronous", "str"),
     Setting("url_prefix", "str"),

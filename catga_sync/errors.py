@@ -11,6 +11,7 @@ __all__ = [
     "AlreadyRegisteredError",
     "BackupFileError",
     "CatgaError",
+    "ClientAuthError",
     "CommandError",
     "CommitTimeoutError",
     "ConfigError",
@@ -59,6 +60,12 @@ class InvalidMessageError(CatgaError, ValueError):
 class PeerAuthError(CatgaError, PermissionError):
     """A peer request was not signed, or not signed with this cluster's secret, or its timestamp
     lies outside the signature window; it was refused and changed nothing."""
+
+
+class ClientAuthError(CatgaError, PermissionError):
+    """A node refused a client request (401): the nodes have a client token and the request
+    did not carry it. Give the :class:`~catga_sync.client.ClusterClient` the cluster's
+    ``ClientToken`` (``secret=``); it is not the peers' secret."""
 
 
 class ProposalDroppedError(CatgaError):

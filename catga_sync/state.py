@@ -13,6 +13,7 @@ from .runtime.state import (
     StateHandle,
     parse_request_id,
     request_id,
+    run_command,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "StateHandle",
     "parse_request_id",
     "request_id",
+    "run_command",
 ]

@@ -52,6 +52,8 @@ def build_config(args: argparse.Namespace, environ: dict[str, str]) -> ClusterCo
         overrides["persistent_state_path"] = args.state_dir or None
     if args.secret:
         overrides["secret"] = args.secret
+    if args.client_token:
+        overrides["client_token"] = args.client_token
     if args.election_timeout is not None:
         overrides["election_timeout"] = args.election_timeout
     if args.heartbeat_interval is not None:
@@ -95,6 +97,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="directory for the SQLite state, or a SQLAlchemy URL ('' = in memory)",
     )
     parser.add_argument("--secret", help="cluster secret for signing peer requests")
+    parser.add_argument(
+        "--client-token",
+        help="bearer token ClusterClients must send to /_catga/client (Cluster__ClientToken)",
+    )
     parser.add_argument("--election-timeout", help="e.g. 00:00:00.150 or 0.15")
     parser.add_argument("--heartbeat-interval", help="e.g. 00:00:00.050 or 0.05")
     parser.add_argument(

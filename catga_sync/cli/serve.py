@@ -39,6 +39,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--state", help="state directory or SQLAlchemy URL (default: memory)")
     parser.add_argument("--secret", help="cluster secret (or Cluster__Secret)")
     parser.add_argument(
+        "--client-token", help="bearer token of the client routes (or Cluster__ClientToken)"
+    )
+    parser.add_argument(
         "--join", action="store_true", help="join a running cluster: wait to be added"
     )
     parser.add_argument("--tls-cert-file", help="this node's PEM certificate (serves https)")
@@ -70,6 +73,8 @@ def serve(args: argparse.Namespace) -> int:
         overrides["persistent_state_path"] = args.state
     if args.secret:
         overrides["secret"] = args.secret
+    if args.client_token:
+        overrides["client_token"] = args.client_token
     if args.join:
         overrides["join"] = True
     for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):

@@ -49,7 +49,9 @@ from __future__ import annotations
 from .lease import CLOCK_DRIFT as CLOCK_DRIFT
 from .lease import DEFAULT_TTL as DEFAULT_TTL
 from .lease import DistributedLock as DistributedLock
+from .lease import Holding as Holding
 from .lease import Lease as Lease
+from .lease import LocalHolding as LocalHolding
 from .lease import _call as _call
 from .lease import _default_owner as _default_owner
 from .lease import _give_up as _give_up
@@ -57,6 +59,7 @@ from .lease import _node_of as _node_of
 from .lease import acquire as acquire
 from .lease import lock as lock
 from .lease import try_acquire as try_acquire
+from .lease import wait_for_grant as wait_for_grant
 from .monitor import RETRY_DELAY as RETRY_DELAY
 from .monitor import WAIT_GRACE as WAIT_GRACE
 from .monitor import Expiry as Expiry

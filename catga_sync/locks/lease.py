@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..config_values import Duration, seconds
 from ..coordinator import ClusterCoordinator
@@ -41,6 +41,63 @@ CLOCK_DRIFT = 0.01
 for ``ttl × (1 - CLOCK_DRIFT)`` only (Redlock uses the same 1%)."""
 
 
+class Holding(Protocol):
+    """How a :class:`Lease` renews and releases its grant, and hears that it is gone: through
+    this node (:class:`LocalHolding`), or over HTTP from a process outside the cluster
+    (:class:`catga_sync.client.ClusterClient`)."""
+
+    event: threading.Event
+    """Set to wake the renewal thread (the grant was freed, the lease released)."""
+
+    @property
+    def reason(self) -> str:
+        """Why the grant is gone, once :meth:`granted` is False."""
+        ...
+
+    def granted(self) -> bool:
+        """Still granted, as far as this holder can tell."""
+        ...
+
+    def renew(self, name: str, token: int, timeout: float) -> None:
+        """Renew the grant ``token``; LockNotHeldError when it no longer holds."""
+        ...
+
+    def release(self, name: str, token: int) -> None:
+        """Free the grant ``token``; LockNotHeldError when it no longer holds."""
+        ...
+
+    def close(self) -> None:
+        """The lease is over: stop listening for it."""
+        ...
+
+
+class LocalHolding:
+    """A grant held through a node of the cluster: its lease monitor's watch tells when the
+    lock is freed, and commands through the node renew and release it."""
+
+    def __init__(self, node: NodeHandle, monitor: LeaseMonitor, watch: _Watch) -> None:
+        self._node = node
+        self._monitor = monitor
+        self._watch = watch
+        self.event = watch.event
+
+    @property
+    def reason(self) -> str:
+        return self._watch.reason
+
+    def granted(self) -> bool:
+        return self._watch.state == "granted"
+
+    def renew(self, name: str, token: int, timeout: float) -> None:
+        self._node.state(LockTable, timeout=timeout).renew(name, token)
+
+    def release(self, name: str, token: int) -> None:
+        self._node.state(LockTable).release(name, token)
+
+    def close(self) -> None:
+        self._monitor.unwatch(self._watch.holder)
+
+
 class Lease:
     """A held lock: its fencing ``token``, whether it is still valid, and its release.
 
@@ -53,28 +110,26 @@ class Lease:
 
     def __init__(
         self,
-        node: NodeHandle,
-        monitor: LeaseMonitor,
-        watch: _Watch,
+        holding: Holding,
         *,
         name: str,
+        token: int,
         owner: str,
         ttl: float,
         sent: float,
         auto_renew: bool,
+        clock: Callable[[], float],
     ) -> None:
         self.name = name
-        self.token = watch.token
+        self.token = token
         """The fencing token: the log index of the grant. Pass it to the protected resource."""
         self.owner = owner
         self.ttl = ttl
         self.lost = threading.Event()
         """Set when the lease is lost (not when it is released)."""
         self.lost_reason: str | None = None
-        self._node = node
-        self._monitor = monitor
-        self._watch = watch
-        self._clock = monitor.clock
+        self._holding = holding
+        self._clock = clock
         self._auto_renew = auto_renew
         self._lock = threading.Lock()
         self._valid_until = sent + ttl * (1 - CLOCK_DRIFT)
@@ -97,7 +152,7 @@ class Lease:
         return (
             not self._released
             and not self.lost.is_set()
-            and self._watch.state == "granted"
+            and self._holding.granted()
             and self._clock() < self._valid_until
         )
 
@@ -129,7 +184,7 @@ class Lease:
             raise LockNotHeldError(f"lock {self.name!r} (token {self.token}) was released")
         sent = self._clock()
         timeout = max(0.5, self._valid_until - sent)
-        self._node.state(LockTable, timeout=timeout).renew(self.name, self.token)
+        self._holding.renew(self.name, self.token, timeout)
         with self._lock:
             self._valid_until = max(self._valid_until, sent + self.ttl * (1 - CLOCK_DRIFT))
             self._next_renew = sent + self.ttl / 3
@@ -145,18 +200,18 @@ class Lease:
                     f"lock {self.name!r} (token {self.token}) was already released by this holder"
                 )
             self._released = True
-        self._watch.event.set()  # the renewal thread ends
-        lost = self.lost.is_set() or self._watch.state != "granted"
+        self._holding.event.set()  # the renewal thread ends
+        lost = self.lost.is_set() or not self._holding.granted()
         try:
-            if self._watch.state == "granted":  # held as far as this node knows: free it
-                self._node.state(LockTable).release(self.name, self.token)
+            if self._holding.granted():  # held as far as this holder knows: free it
+                self._holding.release(self.name, self.token)
         except LockNotHeldError:
             if not lost:
                 raise
         finally:
-            self._monitor.unwatch(self._watch.holder)
+            self._holding.close()
         if lost:
-            reason = self.lost_reason or self._watch.reason or "lost"
+            reason = self.lost_reason or self._holding.reason or "lost"
             raise LockNotHeldError(
                 f"lock {self.name!r} (token {self.token}) was lost before its release: {reason}"
             )
@@ -189,13 +244,13 @@ class Lease:
         self._keeper.start()
 
     def _keep(self) -> None:
-        watch = self._watch
+        holding = self._holding
         while True:
-            watch.event.clear()
+            holding.event.clear()
             if self._released:
                 return
-            if watch.state != "granted":
-                self._mark_lost(watch.reason or "the lock was freed")
+            if not holding.granted():
+                self._mark_lost(holding.reason or "the lock was freed")
                 break
             now = self._clock()
             if now >= self._valid_until:
@@ -215,9 +270,9 @@ class Lease:
                         self._next_renew = self._clock() + min(RETRY_DELAY, self.ttl / 10)
                 continue
             wake = min(self._valid_until, self._next_renew) if self._auto_renew else None
-            watch.event.wait(self._valid_until - now if wake is None else wake - now)
+            holding.event.wait(self._valid_until - now if wake is None else wake - now)
         if not self._released:
-            self._monitor.unwatch(watch.holder)
+            holding.close()
         with self._lock:
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
@@ -275,35 +330,19 @@ def acquire(
         return link.acquire(name, ttl=ttl, timeout=wait, owner=owner, auto_renew=auto_renew)
     monitor = _monitor_of(node)
     clock = monitor.clock
-    holder = uuid.uuid4().hex
-    watch = monitor.watch(holder)
+    watch = monitor.watch(uuid.uuid4().hex)
     try:
-        deadline = clock() + wait
         sent = clock()
-        try:
-            answer = node.state(LockTable).acquire(name, holder, owner, ttl, wait)
-        except CommitTimeoutError:
-            _give_up(node, name, holder)
-            raise
-        if answer["state"] == "busy":
-            raise LockNotAcquiredError(
-                f"lock {name!r} is held by {answer['owner']!r} (token {answer['token']})"
-                + (f"; {answer['reason']}" if "reason" in answer else "")
-            )
-        while watch.state == "pending":
-            left = deadline - clock()
-            if left <= 0 or not watch.event.wait(left):
-                break
-            watch.event.clear()
-        if watch.state == "pending":  # timed out in the queue (a late grant is given back)
-            _give_up(node, name, holder)
-            raise LockNotAcquiredError(
-                f"lock {name!r} was not acquired within {wait:g}s (waiting behind its holder)"
-            )
-        if watch.state != "granted":
-            raise LockNotAcquiredError(f"lock {name!r} was not acquired: {watch.reason}")
+        token = wait_for_grant(node, watch, name, owner=owner, ttl=ttl, wait=wait)
         lease = Lease(
-            node, monitor, watch, name=name, owner=owner, ttl=ttl, sent=sent, auto_renew=auto_renew
+            LocalHolding(node, monitor, watch),
+            name=name,
+            token=token,
+            owner=owner,
+            ttl=ttl,
+            sent=sent,
+            auto_renew=auto_renew,
+            clock=clock,
         )
         if lease.valid_until - clock() < ttl / 2:  # a long wait used up the acquire's clock
             try:
@@ -311,10 +350,53 @@ def acquire(
             except LockNotHeldError as exc:
                 raise LockNotAcquiredError(f"lock {name!r} was lost at once: {exc}") from exc
     except BaseException:
-        monitor.unwatch(holder)
+        monitor.unwatch(watch.holder)
         raise
     lease._start()
     return lease
+
+
+def wait_for_grant(
+    node: NodeHandle, watch: _Watch, name: str, *, owner: str, ttl: float, wait: float
+) -> int:
+    """Ask for lock ``name`` for ``watch.holder`` (a watch of this node's lease monitor) and
+    wait up to ``wait`` seconds in its queue; returns the fencing token of the grant.
+
+    Raises LockNotAcquiredError when it is busy (``wait`` 0) or the wait ran out: the request
+    is withdrawn then, and a grant that comes too late is given back. Asking again for a
+    holder that holds the lock already returns its token (a client retrying after a lost
+    answer). The caller unwatches ``watch``: :func:`acquire` keeps it for its :class:`Lease`,
+    the client routes drop it at once (no thread stays behind for a remote holder)."""
+    holder = watch.holder
+    clock = _monitor_of(node).clock
+    deadline = clock() + wait
+    try:
+        answer = node.state(LockTable).acquire(name, holder, owner, ttl, wait)
+    except CommitTimeoutError:
+        _give_up(node, name, holder)
+        raise
+    if answer["state"] == "busy":
+        raise LockNotAcquiredError(
+            f"lock {name!r} is held by {answer['owner']!r} (token {answer['token']})"
+            + (f"; {answer['reason']}" if "reason" in answer else "")
+        )
+    if answer["state"] == "granted" and watch.state == "pending":
+        # Held already by this holder (a repeated request): no new grant is applied.
+        watch.token = int(answer["token"])
+        watch.state = "granted"
+    while watch.state == "pending":
+        left = deadline - clock()
+        if left <= 0 or not watch.event.wait(left):
+            break
+        watch.event.clear()
+    if watch.state == "pending":  # timed out in the queue (a late grant is given back)
+        _give_up(node, name, holder)
+        raise LockNotAcquiredError(
+            f"lock {name!r} was not acquired within {wait:g}s (waiting behind its holder)"
+        )
+    if watch.state != "granted":
+        raise LockNotAcquiredError(f"lock {name!r} was not acquired: {watch.reason}")
+    return watch.token
 
 
 def try_acquire(

@@ -157,31 +157,51 @@ class StateHandle(Generic[M]):
         )
 
     def _command(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._fixed_id is not None:
-            client, seq = self._fixed_id
-            ack = None
-        else:
-            client = self._session.client_id
-            seq, ack = self._session.begin()
-        data = encode_command(
-            self._name, method, args, kwargs, client=client, seq=seq, ack=ack, time=time.time()
+        submit = self._node.submit
+        return run_command(
+            submit, self._name, method, args, kwargs, self._session, self._fixed_id, self._timeout
         )
-        answered = False
-        try:
-            outcome = self._node.submit(data, timeout=self._timeout)
-            answered = True
-        except CommitTimeoutError as exc:
-            rid = request_id(client, seq)
-            raise CommitTimeoutError(
-                f"{exc} Request id: {rid} (pass it to with_request_id() to retry)", rid
-            ) from exc
-        finally:
-            if self._fixed_id is None:
-                self._session.finish(seq, answered=answered)
-        return outcome.unwrap()
 
     def _query(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._node.query(self._name, method, args, kwargs, timeout=self._timeout)
+
+
+def run_command(
+    submit: Callable[..., Outcome],
+    machine: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    session: ClientSession,
+    fixed_id: tuple[str, int] | None,
+    timeout: float | None,
+) -> Any:
+    """Run command ``machine.method(*args, **kwargs)`` through ``submit(data, timeout=...)``
+    (a node's, or a :class:`~catga_sync.client.ClusterClient`'s) under the request id
+    ``fixed_id``, else the next of ``session``; its result, or its error raised. A
+    CommitTimeoutError names the request id to retry with."""
+    if fixed_id is not None:
+        client, seq = fixed_id
+        ack = None
+    else:
+        client = session.client_id
+        seq, ack = session.begin()
+    data = encode_command(
+        machine, method, args, kwargs, client=client, seq=seq, ack=ack, time=time.time()
+    )
+    answered = False
+    try:
+        outcome = submit(data, timeout=timeout)
+        answered = True
+    except CommitTimeoutError as exc:
+        rid = request_id(client, seq)
+        raise CommitTimeoutError(
+            f"{exc} Request id: {rid} (pass it to with_request_id() to retry)", rid
+        ) from exc
+    finally:
+        if fixed_id is None:
+            session.finish(seq, answered=answered)
+    return outcome.unwrap()
 
 
 class LocalQueries(Generic[M]):

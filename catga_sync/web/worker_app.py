@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..forwarding import ForwardingGuard
 from ..runtime.extension import Extension
 from .blueprint import create_peer_blueprint
+from .client_api import create_client_blueprint
 from .forwarding import create_forwarding_blueprint
 from .keepalive import BindError, KeepAliveRequestHandler, KeepAliveServer
 from .ops import create_ops_blueprint
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 def register_node_routes(app: Flask, node: RaftNode, *, ops_routes: bool = True) -> None:
     """Serve ``node`` from ``app``: the peer RPC (and proposals) under the configured prefix,
-    the mediator's forwarding endpoint when the node has a mediator, and the operational routes
+    the mediator's forwarding endpoint when the node has a mediator, the client routes
+    (``{url_prefix}/client``: :mod:`catga_sync.web.client_api`) and the operational routes
     (/health, /livez, /readyz, /cluster, /metrics). Used by the Flask extension and by the
     worker app alike."""
     config = node.config
@@ -59,6 +61,11 @@ def register_node_routes(app: Flask, node: RaftNode, *, ops_routes: bool = True)
                 url_prefix=prefix,
             )
         )
+    app.register_blueprint(
+        create_client_blueprint(
+            node, token=config.client_token, max_body_bytes=limit, url_prefix=prefix
+        )
+    )
     if ops_routes:
         app.register_blueprint(create_ops_blueprint(lambda: node))
 
