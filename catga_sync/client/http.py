@@ -119,6 +119,9 @@ class ClientTransport:
         # Per request, not on the session: REQUESTS_CA_BUNDLE would override a session's.
         self._verify: bool | str = tls if isinstance(tls, (str, bool)) else True
         self._leader: str | None = None
+        self.follow_leader = True
+        """False: ask the given endpoints only, never the leader a node names (a worker's
+        link to the worker that hosts its node)."""
         self._start = itertools.count()
         self.closed = threading.Event()
 
@@ -130,6 +133,8 @@ class ClientTransport:
         return self._leader
 
     def note_leader(self, leader: object) -> None:
+        if not self.follow_leader:
+            return
         if leader is None or isinstance(leader, str):
             self._leader = leader or None
 

@@ -45,7 +45,7 @@ def worker_paths(node: ClusterNode) -> tuple[Path, Path]:
     else:
         key = hashlib.sha256(f"{node.raft_id}|{node.node_id}|{path}".encode()).hexdigest()[:16]
         stem = Path(tempfile.gettempdir()) / f"catga-sync-{key}.workers"
-    return stem.with_suffix(".lock"), stem.with_suffix(".json")
+    return stem.with_name(f"{stem.name}.lock"), stem.with_name(f"{stem.name}.json")
 
 
 @dataclass(frozen=True)

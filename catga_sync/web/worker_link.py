@@ -116,15 +116,16 @@ class WorkerLink:
             if self._info != info or self._client is None:
                 from ..client import ClusterClient
 
-                old, self._client = (
-                    self._client,
-                    ClusterClient(
-                        [info.url],
-                        secret=getattr(self._node.config, "client_token", None),
-                        headers={WORKER_TOKEN_HEADER: info.token},
-                        timeout=self._node.timeouts.peer_request,
-                    ),
+                config = self._node.config
+                client = ClusterClient(
+                    [info.url],
+                    secret=config.client_token,
+                    headers={WORKER_TOKEN_HEADER: info.token},
+                    timeout=max(5.0, self._node.timeouts.election * 10),
+                    url_prefix=config.url_prefix,
                 )
+                client._transport.follow_leader = False  # the host forwards; stay on loopback
+                old, self._client = self._client, client
                 self._info = info
                 if old is not None:
                     old.close()
@@ -164,7 +165,7 @@ class WorkerLink:
 
     def _headers(self, info: HostInfo) -> dict[str, str]:
         headers = {WORKER_TOKEN_HEADER: info.token}
-        token = getattr(self._node.config, "client_token", None)
+        token = self._node.config.client_token
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return headers
