@@ -126,4 +126,3 @@ class LocalClientMode:
         if link is None:
             raise NodeNotRunningError(f"node {self.node_id} is not running")
         return link
-

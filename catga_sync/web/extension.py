@@ -18,7 +18,7 @@ from flask.cli import FlaskGroup
 from ..cli.flask_cli import cluster_cli
 from ..config import ClusterConfig
 from ..config_values import Duration
-from ..errors import AlreadyRegisteredError, NotRegisteredError
+from ..errors import AlreadyRegisteredError, ForkedProcessError, NotRegisteredError
 from ..fsm import StateMachine
 from ..node import ClusterNode
 from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT
@@ -304,7 +304,15 @@ _hostings: weakref.WeakKeyDictionary[ClusterNode, WorkerHosting] = weakref.WeakK
 
 
 def _start(node: ClusterNode, state: ClusterState | None = None) -> ClusterNode:
-    if _in_prefork_worker() and node not in _hostings:
+    role = _gunicorn_process()
+    if role == "master":
+        raise ForkedProcessError(
+            f"node {node.node_id}: gunicorn --preload loads the app in the master, which then "
+            "forks its workers, and a node's threads and connections do not survive a fork. "
+            "Remove --preload (preload_app = False): each worker builds the app, one of them "
+            "hosts the node and the others are its local clients."
+        )
+    if role == "worker" and node not in _hostings:
         # gunicorn -w N: one worker hosts the node, the others are its local clients.
         hosting = _hostings[node] = WorkerHosting(node)
         if state is not None:
@@ -316,10 +324,23 @@ def _start(node: ClusterNode, state: ClusterState | None = None) -> ClusterNode:
     return node
 
 
-def _in_prefork_worker() -> bool:
-    """True in a worker of a pre-fork server, where siblings build the same node (gunicorn's
-    workers are forked from its arbiter; a plain process or ``flask run`` is not one)."""
-    return "gunicorn.arbiter" in sys.modules and os.environ.get("CATGA_WORKERS", "") != "off"
+def _gunicorn_process() -> str | None:
+    """``"worker"`` in a gunicorn worker (its siblings build the same node), ``"master"`` in
+    gunicorn's arbiter loading the app for ``--preload``, None elsewhere (a plain process,
+    ``flask run``, tests). A worker runs in the frame of the arbiter's ``spawn_worker`` that
+    forked it; the preloading master, in its ``setup``."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.endswith(os.path.join("gunicorn", "arbiter.py")):
+            if code.co_name == "spawn_worker":
+                return "worker"
+            if code.co_name == "setup":
+                return "master"
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> None:

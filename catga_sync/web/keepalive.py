@@ -255,12 +255,18 @@ class KeepAliveServer(ThreadedWSGIServer):
     handshake runs in its own thread (Werkzeug's would run it in the accept loop)."""
 
     def __init__(
-        self, host: str, port: int, app: Any, ssl_context: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        app: Any,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        handler: type[KeepAliveRequestHandler] = KeepAliveRequestHandler,
     ) -> None:
         self.closing = False
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(host, port, app, handler=KeepAliveRequestHandler)
+        super().__init__(host, port, app, handler=handler)
         if ssl_context is not None:
             self.socket = ssl_context.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False

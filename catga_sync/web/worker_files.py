@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 if TYPE_CHECKING:
     from ..node import ClusterNode
 
-__all__ = ["RETRY", "WORKER_TOKEN_HEADER", "HostInfo", "worker_paths"]
+__all__ = ["NO_HOST", "RETRY", "WORKER_TOKEN_HEADER", "HostInfo", "worker_paths"]
 
 WORKER_TOKEN_HEADER = "X-Catga-Worker-Token"
 RETRY = 0.1
@@ -90,3 +90,7 @@ class HostInfo:
         finally:
             os.close(fd)
         os.replace(tmp, path)  # readers see the old file or the new one, never half of it
+
+
+NO_HOST = HostInfo(0, 0, 0, "")
+"""What a client worker's relay target is while no worker hosts its node (answer 503)."""

@@ -10,13 +10,14 @@ worker's loopback port, and its answer back; every other request is the app's ow
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import requests
 
-from .worker_files import WORKER_TOKEN_HEADER, HostInfo
+from .worker_files import NO_HOST, WORKER_TOKEN_HEADER, HostInfo
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -99,6 +100,8 @@ class WorkerRelay:
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         headers[WORKER_TOKEN_HEADER] = target.token
+        if target is NO_HOST:
+            return _unavailable(start_response)
         query = environ.get("QUERY_STRING", "")
         url = target.url + environ.get("SCRIPT_NAME", "") + path + (f"?{query}" if query else "")
         try:
@@ -112,15 +115,7 @@ class WorkerRelay:
             )
         except requests.RequestException as exc:
             log.debug("relay of %s to the hosting worker failed: %s", path, exc)
-            start_response(
-                "503 SERVICE UNAVAILABLE",
-                [
-                    ("Content-Type", "application/json"),
-                    ("Content-Length", str(len(_UNAVAILABLE))),
-                    ("Retry-After", "1"),
-                ],
-            )
-            return [_UNAVAILABLE]
+            return _unavailable(start_response)
         content = answer.content
         out = [
             (key, value)
@@ -128,6 +123,7 @@ class WorkerRelay:
             if key.lower() not in _HOP_BY_HOP and key.lower() != "content-encoding"
         ]
         out.append(("Content-Length", str(len(content))))
+        out.append(("X-Catga-Relayed-By", str(os.getpid())))  # which worker relayed it
         start_response(f"{answer.status_code} {answer.reason or ''}".strip(), out)
         return [content]
 
@@ -137,3 +133,15 @@ class WorkerRelay:
             session = self._local.session = requests.Session()
             session.trust_env = False  # loopback: never through a proxy from the environment
         return session
+
+
+def _unavailable(start_response: StartResponse) -> Iterable[bytes]:
+    start_response(
+        "503 SERVICE UNAVAILABLE",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(_UNAVAILABLE))),
+            ("Retry-After", "1"),
+        ],
+    )
+    return [_UNAVAILABLE]

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
 from ..storage.ownership import already_running, describe_holder
-from .worker_files import RETRY, WORKER_TOKEN_HEADER, HostInfo, worker_paths
+from .keepalive import KeepAliveRequestHandler, KeepAliveServer
+from .worker_app import create_worker_app
+from .worker_files import NO_HOST, RETRY, WORKER_TOKEN_HEADER, HostInfo, worker_paths
 from .worker_link import WorkerLink
 
 if TYPE_CHECKING:
@@ -96,14 +98,12 @@ class WorkerHosting:
         self._host()
 
     def _host(self) -> None:
-        from .worker_app import create_worker_app, make_threaded_server
-
         node = self.node
         node.start()
         token = secrets.token_urlsafe(32)
         app = create_worker_app(node)
         app.wsgi_app = _require_token(app.wsgi_app, token)  # type: ignore[method-assign]
-        server = make_threaded_server(app, "127.0.0.1", 0)
+        server = KeepAliveServer("127.0.0.1", 0, app, handler=_SilentHandler)
         self._server = server
         threading.Thread(
             target=server.serve_forever, name=f"catga-workers-{node.node_id}", daemon=True
@@ -205,11 +205,21 @@ class WorkerHosting:
     # -- relay --------------------------------------------------------------------------------
 
     def relay_target(self) -> HostInfo | None:
-        """Where a client worker sends the node's routes: the hosting worker (None: serve
-        them here, this worker hosts the node or is not a worker of one)."""
+        """Where a client worker sends the node's routes: the hosting worker, or
+        :data:`NO_HOST` while there is none (None: serve them here, this worker hosts the
+        node)."""
         if self.role != "client":
             return None
-        return HostInfo.read(self.info_path)
+        info = HostInfo.read(self.info_path)
+        return info if info is not None and info.alive() else NO_HOST
+
+
+class _SilentHandler(KeepAliveRequestHandler):
+    """No access log: the workers' own server logs the requests it relays here, and the
+    siblings' long polls would fill the log with a line every few seconds each."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
 
 
 def _require_token(app: WSGIApplication, token: str) -> WSGIApplication:
