@@ -279,7 +279,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
             self._stopping = True
             self._stopping_event.set()
         if transfer and self.running and not self._fork.forked:
-            self._hand_off(seconds(timeout) or self.timeouts.hand_off)
+            self.hand_off(timeout)
         if self._started:
             self._stop_extensions(list(self.extensions.values()))
         with self._lifecycle:
@@ -294,9 +294,14 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
             except Exception:
                 log.exception("node %s: extension %s failed to stop", self.node_id, extension.name)
 
-    def _hand_off(self, timeout: float) -> None:
+    def hand_off(self, timeout: Duration | None = None) -> None:
+        """A leader hands leadership to its most up-to-date follower and waits (up to
+        ``timeout``, default two election timeouts plus 0.5 s) until it has; anything else does
+        nothing. ``stop()`` does it first; a server about to stop calls it as soon as it knows
+        (gunicorn: on SIGTERM, before its workers finish their requests)."""
         if not self._board.status.is_leader:
             return
+        timeout = seconds(timeout) or self.timeouts.hand_off
         try:
             target = self._call(lambda core: core.most_up_to_date_voter(), timeout)
             if target is None:

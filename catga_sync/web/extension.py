@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -362,6 +363,27 @@ def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> Non
         finally:
             if hosting is not None:
                 hosting.release()  # after the node stopped: a sibling may host it now
+
+
+def hand_off_leadership(*, timeout: Duration | None = None) -> threading.Thread:
+    """Start handing leadership over from every node this process started and leads (in a
+    thread, so a signal handler may call it); the nodes keep running until they stop.
+
+    For a server that stops slowly: gunicorn 23+ keeps a stopping worker's kept-alive
+    connections open up to 2 s before ``worker_exit`` runs, and the peers' connections are
+    always kept alive, so a hand-off left to ``worker_exit`` would come 2 s late.
+    ``example_flask/gunicorn.conf.py`` calls this on SIGTERM."""
+
+    def run() -> None:
+        for node in list(_started_nodes):
+            try:
+                node.hand_off(timeout)
+            except Exception:  # the others all the same
+                log.exception("catga_sync: node %s failed to hand leadership over", node.node_id)
+
+    thread = threading.Thread(target=run, name="catga-hand-off", daemon=True)
+    thread.start()
+    return thread
 
 
 atexit.register(stop_nodes)
