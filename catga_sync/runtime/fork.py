@@ -31,8 +31,7 @@ class ForkGuard:
             raise ForkedProcessError(
                 f"node {self.node_id} was created in process {self.pid} and cannot run in "
                 f"forked child {os.getpid()}: its threads and connections did not survive the "
-                "fork. Create and start the node after forking (gunicorn: no --preload, or "
-                "start it in post_fork; one worker per node, with threads)."
+                "fork. Create and start the node after forking (gunicorn: no --preload)."
             )
 
     def _after_fork_in_child(self) -> None:

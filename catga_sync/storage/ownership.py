@@ -85,8 +85,7 @@ def already_running(node_id: str, where: str, holder: str) -> StorageError:
     """The error a second process gets when it tries to run a node that is already running."""
     return StorageError(
         f"node {node_id!r} is already running: its state {where} is locked by {holder}; "
-        "stop that process first, or give this one another node id "
-        "(for gunicorn: run one worker per node, with threads)"
+        "stop that process first, or give this one another node id"
     )
 
 

@@ -423,7 +423,6 @@ def test_a_second_storage_for_a_running_node_fails_at_once(sql_backend: Backend)
     assert message.startswith("node 'node0' is already running: its state ")
     assert f"pid {os.getpid()}" in message
     assert "stop that process first, or give this one another node id" in message
-    assert "for gunicorn: run one worker per node, with threads" in message
     first.close()
     sql_backend.make().open()
 
