@@ -147,7 +147,7 @@ class CatgaCluster:
                 command,
             )
             return
-        _start(node, state)
+        _start(node, state, app)
 
     # -- access from views and app code --------------------------------------------------------
 
@@ -211,8 +211,9 @@ class CatgaCluster:
     def start(self, app: Flask | None = None) -> ClusterNode:
         """Start the node explicitly (for ``CATGA_CLUSTER_AUTOSTART = False``, or in a
         ``flask`` command, where init_app leaves it unstarted); it stops at interpreter exit."""
-        state = self.state_of(app)
-        return _start(state.node, state)
+        target = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        state = self.state_of(target)
+        return _start(state.node, state, target)
 
     def stop(self, app: Flask | None = None, **kwargs: Any) -> None:
         """Stop the node, handing leadership over first when it leads."""
@@ -304,7 +305,9 @@ _started_nodes: weakref.WeakSet[ClusterNode] = weakref.WeakSet()
 _hostings: weakref.WeakKeyDictionary[ClusterNode, WorkerHosting] = weakref.WeakKeyDictionary()
 
 
-def _start(node: ClusterNode, state: ClusterState | None = None) -> ClusterNode:
+def _start(
+    node: ClusterNode, state: ClusterState | None = None, app: Flask | None = None
+) -> ClusterNode:
     role = _gunicorn_process()
     if role == "master":
         raise ForkedProcessError(
@@ -315,7 +318,7 @@ def _start(node: ClusterNode, state: ClusterState | None = None) -> ClusterNode:
         )
     if role == "worker" and node not in _hostings:
         # gunicorn -w N: one worker hosts the node, the others are its local clients.
-        hosting = _hostings[node] = WorkerHosting(node)
+        hosting = _hostings[node] = WorkerHosting(node, app)
         if state is not None:
             state.hosting = hosting
         hosting.start()
@@ -390,7 +393,11 @@ atexit.register(stop_nodes)
 
 if hasattr(os, "register_at_fork"):
     # The parent's nodes are the parent's to stop: their threads did not survive the fork.
-    os.register_at_fork(after_in_child=lambda: (_started_nodes.clear(), _hostings.clear()))
+    def _forget_the_parents() -> None:
+        _started_nodes.clear()
+        _hostings.clear()
+
+    os.register_at_fork(after_in_child=_forget_the_parents)
 
 
 def _flask_command() -> str | None:

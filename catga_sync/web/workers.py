@@ -33,6 +33,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from flask import Flask, request
+
 from ..errors import StorageError
 from ..storage.ownership import already_running, describe_holder
 from .keepalive import KeepAliveRequestHandler, KeepAliveServer
@@ -60,8 +62,11 @@ class WorkerHosting:
     """The worker lock of one node in this process: host it, or be a local client of the
     worker that does and take over when that one dies."""
 
-    def __init__(self, node: ClusterNode) -> None:
+    def __init__(self, node: ClusterNode, app: Flask | None = None) -> None:
         self.node = node
+        self._app = app
+        """The user's app: the node's routes on the loopback port run in its app context (a
+        command forwarded to the mediator reaches the handlers and behaviors it knows)."""
         self.lock_path, self.info_path = worker_paths(node)
         self._fd: int | None = None
         self._server: BaseWSGIServer | None = None
@@ -101,8 +106,10 @@ class WorkerHosting:
         node = self.node
         node.start()
         token = secrets.token_urlsafe(32)
-        app = create_worker_app(node)
-        app.wsgi_app = _require_token(app.wsgi_app, token)  # type: ignore[method-assign]
+        routes = create_worker_app(node)
+        if self._app is not None:
+            _in_context_of(self._app, routes)
+        app = _require_token(routes, token)
         server = KeepAliveServer("127.0.0.1", 0, app, handler=_SilentHandler)
         self._server = server
         threading.Thread(
@@ -220,6 +227,25 @@ class _SilentHandler(KeepAliveRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
+
+
+def _in_context_of(user_app: Flask, routes: Flask) -> None:
+    """Run every request of ``routes`` inside ``user_app``'s app context too. Not the user's
+    app itself: the hosting worker starts its node inside ``init_app``, before the app's own
+    blueprints are registered, and Flask refuses those once the app has served a request."""
+    key = "catga_sync.user_app_context"
+
+    @routes.before_request
+    def push() -> None:
+        context = user_app.app_context()
+        context.push()
+        request.environ[key] = context
+
+    @routes.teardown_request
+    def pop(_exc: BaseException | None) -> None:
+        context = request.environ.pop(key, None)
+        if context is not None:
+            context.pop()
 
 
 def _require_token(app: WSGIApplication, token: str) -> WSGIApplication:

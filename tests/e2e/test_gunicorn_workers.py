@@ -97,6 +97,12 @@ def cluster(tmp_path: Path) -> Iterator[ExampleCluster]:
         c.stop()
 
 
+def log_with(node: NodeProcess, lines: list[str]) -> str | None:
+    """The node's log once it holds every one of ``lines``."""
+    text = node.log_text()
+    return text if all(line in text for line in lines) else None
+
+
 def served_by(response: requests.Response) -> int:
     return int(response.headers["X-Served-By"].rsplit("/", 1)[1])
 
@@ -146,6 +152,14 @@ def check_every_worker_serves(node: WorkersNode) -> None:
     tokens = [r.json()["token"] for r in through_every_worker(node, lock_and_release, "lock")]
     assert len(set(tokens)) == len(tokens)  # a fresh fencing token per grant
 
+    def create_and_ship(s: requests.Session) -> requests.Response:
+        # The guide's flow: a mediator command, with ForwardToLeaderBehavior, from this worker.
+        order = s.post(f"{url}/orders", json={"customer": "cy", "amount": 5}).json()["id"]
+        return s.post(f"{url}/orders/{order}/ship")
+
+    shipped = through_every_worker(node, create_and_ship, "ship")
+    assert {r.json()["status"] for r in shipped} == {"shipped"}
+
 
 def test_one_host_per_node_and_every_worker_serves_the_example(
     cluster: ExampleCluster,
@@ -156,10 +170,9 @@ def test_one_host_per_node_and_every_worker_serves_the_example(
         assert host is not None
         clients = node.workers() - {host}
         assert len(clients) == WORKERS - 1
-        log = node.log_text()
+        lines = [f"worker {pid} is a local client of node {node.name}" for pid in clients]
+        log = poll(lambda n=node, ls=lines: log_with(n, ls), 30, f"{node.name}'s clients ready")
         assert log.count(f"hosts node {node.name}") == 1, log[-2000:]
-        for pid in clients:
-            assert f"worker {pid} is a local client of node {node.name}" in log
     leader = cluster.wait_for_leader(timeout=15)
     follower = next(n for n in nodes if n is not leader)
     for node in (leader, follower):
