@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from .harness import ExampleCluster, NodeProcess, cluster_status, poll
+from .harness import ROOT, ExampleCluster, NodeProcess, cluster_status, poll
 from .test_gunicorn_cluster import GunicornNode
 
 pytestmark = pytest.mark.e2e
@@ -242,3 +244,35 @@ def test_kill_9_of_the_leaders_whole_gunicorn_fails_over(cluster: ExampleCluster
     new = poll(new_leader, 15, "a new leader after the leader's gunicorn was killed")
     response = requests.post(f"{new.url}/orders", json={"customer": "cy", "amount": 3}, timeout=10)
     assert response.status_code == 201, response.text
+
+
+def test_preload_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("cluster__")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        Cluster__LocalNodeEndpoint="http://127.0.0.1:1",
+        Cluster__NodeId="solo",
+        Cluster__PersistentStatePath=str(tmp_path),
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "example_flask" / "gunicorn.conf.py"),
+            "--preload",
+            "-b",
+            "127.0.0.1:0",
+            "example_flask:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "gunicorn --preload loads the app in the master" in done.stderr + done.stdout
+    assert "Remove --preload" in done.stderr + done.stdout
+    assert not (tmp_path / "solo.sqlite3").exists()  # no node ran in the master
