@@ -51,6 +51,7 @@ class ClusterCoordinator(Extension):
         self._events: queue.SimpleQueue[tuple[bool, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._previous: threading.Thread | None = None
+        self._events_lock = threading.Lock()
         if node is not None:
             node.add_extension(self)
 
@@ -139,27 +140,33 @@ class ClusterCoordinator(Extension):
     # -- plumbing -----------------------------------------------------------------------------
 
     def _on_leadership(self, change: LeadershipChange) -> None:
-        term = change.status.term
-        if change.lost:
-            self._events.put((False, term))
-        if change.elected:
-            self._events.put((True, term))
-        if change.stopped:
-            # The node leads no more: this thread ends after these. Events that follow (a
-            # client worker that went on to host the node itself) get a thread of their own.
-            self._events.put(None)
-            self._events = queue.SimpleQueue()
-            self._previous, self._thread = self._thread, None
-        elif self._thread is None and (change.lost or change.elected):
-            # Started on the first event (on the Raft loop), not at install: a node that
-            # never led costs no thread.
-            self._thread = threading.Thread(
-                target=self._deliver,
-                args=(self._events, self._previous),
-                name=f"catga-events-{self._node.node_id}",
-                daemon=True,
-            )
-            self._thread.start()
+        # Two publishers around a takeover (a client worker's mirror, then its own node):
+        # one at a time, so that the events keep their order.
+        with self._events_lock:
+            term = change.status.term
+            if change.lost:
+                self._events.put((False, term))
+            if change.elected:
+                self._events.put((True, term))
+            if change.stopped:
+                if self._thread is None:
+                    return  # nothing was delivered in this life: nothing to end
+                # The node leads no more: this thread ends after these. Events that follow (a
+                # client worker that goes on to host the node) get a thread of their own,
+                # which waits for this one.
+                self._events.put(None)
+                self._events = queue.SimpleQueue()
+                self._previous, self._thread = self._thread, None
+            elif self._thread is None and (change.lost or change.elected):
+                # Started on the first event (on the Raft loop), not at install: a node that
+                # never led costs no thread.
+                self._thread = threading.Thread(
+                    target=self._deliver,
+                    args=(self._events, self._previous),
+                    name=f"catga-events-{self._node.node_id}",
+                    daemon=True,
+                )
+                self._thread.start()
 
     def _deliver(
         self,

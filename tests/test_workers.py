@@ -9,6 +9,8 @@ queries, locks, leader-only work that must stay in the host, and the relayed rou
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -80,10 +82,10 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     hosting.start()
     assert hosting.role == "host"
     # What WorkerHosting does in a sibling worker (here: the same process, so by hand).
-    link = WorkerLink(client, hosting.info_path)
+    link = WorkerLink(client, hosting.info_path, hosting.lock_path)
     client.serve_through(link)
     link.start()
-    CatgaCluster.state_of(client_app).hosting = _ClientRole(hosting.info_path)  # type: ignore[assignment]
+    CatgaCluster.state_of(client_app).hosting = _ClientRole(hosting.info_path, hosting.lock_path)  # type: ignore[assignment]
     try:
         client.wait_for(lambda s: s.is_leader, 10)
         yield Workers(host_app, host, hosting, client_app, client, link, events, client_runs)
@@ -97,11 +99,12 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 class _ClientRole:
     """The relay's view of a client worker's hosting (WorkerRelay asks relay_target)."""
 
-    def __init__(self, info_path: Path) -> None:
+    def __init__(self, info_path: Path, lock_path: Path) -> None:
         self.info_path = info_path
+        self.lock_path = lock_path
 
     def relay_target(self) -> HostInfo | None:
-        return HostInfo.read(self.info_path) or NO_HOST
+        return HostInfo.current(self.info_path, self.lock_path) or NO_HOST
 
 
 def test_the_client_mirrors_the_hosts_status_and_leadership_events(workers: Workers) -> None:
@@ -127,7 +130,7 @@ def test_commands_queries_and_locks_go_through_the_host(workers: Workers) -> Non
         assert lease.token > 0 and lease.is_valid()
         held = workers.host.state(LockTable).describe("jobs")
         assert held is not None and held["token"] == lease.token
-        time.sleep(1.2)  # past a third of the TTL: renewed through the host
+        time.sleep(2.3)  # past the TTL: valid only because it was renewed through the host
         assert lease.is_valid()
     assert workers.host.state(LockTable).describe("jobs") is None
 
@@ -220,3 +223,102 @@ def test_worker_files_sit_beside_the_state(tmp_path: Path) -> None:
     assert (tmp_path / "w.json").stat().st_mode & 0o777 == 0o600
     assert json.loads((tmp_path / "w.json").read_text())["port"] == 1234
     assert HostInfo.read(tmp_path / "w.json") == HostInfo(os.getpid(), os.getppid(), 1234, "secret")
+
+
+def test_a_lease_and_the_session_carry_on_when_another_worker_hosts_the_node(
+    workers: Workers, tmp_path: Path
+) -> None:
+    kv = workers.client.state(ReplicatedDict)
+    kv.set("before", 1)
+    held = CatgaCluster.state_of(workers.client_app).cluster.lock(
+        "across", ttl=4, app=workers.client_app
+    )
+    with held as lease:
+        # The hosting worker goes away; another one (here: a new node of the same state, in
+        # this process) takes the node, on a new port with a new token.
+        workers.hosting.stop()
+        workers.host.stop()
+        workers.hosting.release()
+        successor = ClusterNode(config(tmp_path), serve_http=False)
+        successor.register(ReplicatedDict())
+        hosting = WorkerHosting(successor)
+        hosting.start()
+        try:
+            assert hosting.role == "host"
+            workers.client.wait_for(lambda s: s.is_leader, 10)
+            time.sleep(4.2)  # past the TTL: renewed through the new host
+            assert lease.is_valid(), lease.lost_reason
+            assert kv.get("before") == 1
+            kv.set("after", 2)  # the same client session, through the new host
+            assert successor.state(ReplicatedDict).local.get("after") == 2
+        finally:
+            lease.release()
+            hosting.stop()
+            successor.stop()
+            hosting.release()
+
+
+def test_a_stale_workers_file_names_no_host(tmp_path: Path) -> None:
+    node = ClusterNode(config(tmp_path), serve_http=False)
+    lock, info = worker_paths(node)
+    # Left behind by an unclean stop, naming a live process that holds no lock (this one).
+    HostInfo(os.getpid(), os.getppid(), 4321, "old").write(info)
+    assert HostInfo.current(info, lock) is None
+    hosting = WorkerHosting(node)
+    hosting.start()
+    try:
+        assert hosting.role == "host"  # not "direct": the file is not proof of a holder
+        current = HostInfo.current(info, lock)
+        assert current is not None and current.port not in (0, 4321)
+    finally:
+        hosting.stop()
+        node.stop()
+        hosting.release()
+    assert not info.exists()
+
+
+def test_the_relay_passes_chunked_bodies_head_and_refuses_large_ones(workers: Workers) -> None:
+    http = workers.client_app.test_client()
+    workers.client.state(ReplicatedDict).set("c", 3)
+    body = json.dumps({"machine": ReplicatedDict.name, "query": "get", "args": ["c"]}).encode()
+    chunked = http.post(
+        "/_catga/client/queries",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        environ_overrides={"HTTP_TRANSFER_ENCODING": "chunked"},
+    )
+    assert chunked.status_code == 200, chunked.get_data(as_text=True)
+    assert chunked.get_json()["outcome"]["result"] == 3
+    got, head = http.get("/cluster"), http.head("/cluster")
+    assert head.status_code == 200 and head.headers["X-Catga-Relayed-By"]
+    assert abs(int(head.headers["Content-Length"]) - len(got.get_data())) < 64  # a live doc
+    limit = max(CatgaCluster.state_of(workers.client_app).config.max_message_bytes, 1 << 20)
+    large = http.post(
+        "/_catga/raft", data=b"x" * (limit + 1), content_type="application/octet-stream"
+    )
+    assert large.status_code == 413
+    assert large.get_json()["error"] == "body_too_large"
+
+
+def test_leadership_events_keep_their_order_across_lives(tmp_path: Path) -> None:
+    from catga_sync.raft import Role
+    from catga_sync.runtime.leadership import LeadershipChange
+
+    node = ClusterNode(config(tmp_path), serve_http=False)
+    seen: list[bool] = []
+
+    def slow(is_leader: bool) -> None:
+        time.sleep(0.05 if not is_leader else 0.0)
+        seen.append(is_leader)
+
+    coordinator = node.coordinator
+    coordinator.on_leadership_change(slow)
+    status = dataclasses.replace(node.status, running=True, role=Role.LEADER, term=1)
+    coordinator._on_leadership(LeadershipChange(None, 1, False, status))  # elected (mirror)
+    coordinator._on_leadership(LeadershipChange(1, None, True, status))  # the host is gone
+    coordinator._on_leadership(LeadershipChange(None, None, True, status))  # gone again
+    coordinator._on_leadership(LeadershipChange(None, 2, False, status))  # leads here now
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [True, False, True]

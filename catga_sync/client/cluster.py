@@ -96,6 +96,11 @@ class ClusterClient:
         self._watchers: list[LeadershipWatcher] = []
         self._lock = threading.Lock()
 
+    @property
+    def transport(self) -> ClientTransport:
+        """The HTTP side: endpoints, the leader hint, retries (:mod:`catga_sync.client.http`)."""
+        return self._transport
+
     def __repr__(self) -> str:
         return f"<ClusterClient {', '.join(self.endpoints)} leader={self._transport.leader}>"
 

@@ -245,6 +245,13 @@ class ClientTransport:
             raise _Retry(LeaderUnreachableError(f"{target}: {message}", maybe_delivered=True))
         raise error_of(target, response.status_code, code, message)
 
+    def retarget(self, endpoint: str, headers: Mapping[str, str]) -> None:
+        """Ask ``endpoint`` from now on, with ``headers`` added (a worker's link, when another
+        sibling hosts the node): leases and sessions made through this transport carry on."""
+        self.endpoints = [endpoint]
+        self._headers = {**self._headers, **headers}
+        self._leader = None
+
     def close(self) -> None:
         self.closed.set()
         self._session.close()

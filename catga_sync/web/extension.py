@@ -127,6 +127,7 @@ class CatgaCluster:
             lambda: state.hosting.relay_target() if state.hosting is not None else None,
             url_prefix=config.url_prefix,
             ops=self._ops_routes,
+            max_body_bytes=max(config.max_message_bytes, 1 << 20),
         )
         app.cli.add_command(cluster_cli)  # `flask cluster ...` (catga_sync.cli)
         if not config.autostart:
@@ -370,12 +371,16 @@ def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> Non
 
 def hand_off_leadership(*, timeout: Duration | None = None) -> threading.Thread:
     """Start handing leadership over from every node this process started and leads (in a
-    thread, so a signal handler may call it); the nodes keep running until they stop.
+    thread, so a signal handler may call it); the nodes keep running until they stop. A
+    gunicorn worker that is a local client of its node stops waiting to take it over.
 
     For a server that stops slowly: gunicorn 23+ keeps a stopping worker's kept-alive
     connections open up to 2 s before ``worker_exit`` runs, and the peers' connections are
     always kept alive, so a hand-off left to ``worker_exit`` would come 2 s late.
     ``example_flask/gunicorn.conf.py`` calls this on SIGTERM."""
+
+    for hosting in list(_hostings.values()):
+        hosting.stop_taking_over()  # a stopping worker must not start the node its host drops
 
     def run() -> None:
         for node in list(_started_nodes):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,20 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
+from ..errors import StorageError
+
 if TYPE_CHECKING:
     from ..node import ClusterNode
 
-__all__ = ["NO_HOST", "RETRY", "WORKER_TOKEN_HEADER", "HostInfo", "worker_paths"]
+__all__ = [
+    "NO_HOST",
+    "RETRY",
+    "WORKER_TOKEN_HEADER",
+    "HostInfo",
+    "lock_holder",
+    "parent_of",
+    "worker_paths",
+]
 
 WORKER_TOKEN_HEADER = "X-Catga-Worker-Token"
 RETRY = 0.1
@@ -44,8 +55,55 @@ def worker_paths(node: ClusterNode) -> tuple[Path, Path]:
         stem = directory / f"{node.node_id}.workers"
     else:
         key = hashlib.sha256(f"{node.raft_id}|{node.node_id}|{path}".encode()).hexdigest()[:16]
-        stem = Path(tempfile.gettempdir()) / f"catga-sync-{key}.workers"
+        stem = _private_directory() / f"catga-sync-{key}.workers"
     return stem.with_name(f"{stem.name}.lock"), stem.with_name(f"{stem.name}.json")
+
+
+def _private_directory() -> Path:
+    """``$TMPDIR/catga-sync-<uid>``, mode 0700 and ours: no other user may place a lock there
+    (the temporary directory itself is everyone's)."""
+    directory = Path(tempfile.gettempdir()) / f"catga-sync-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise StorageError(
+            f"{directory} must be a directory of this user's with mode 0700 (it holds the "
+            "worker locks of nodes whose state is on a database server); remove it"
+        )
+    return directory
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding the ``flock`` on ``path`` (from ``/proc/locks``), None when nobody does.
+
+    Asked of the kernel rather than of the workers file: the file outlives its writer (an
+    unclean stop), and a pid it names may belong to another process since."""
+    try:
+        info = path.stat()
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == wanted:
+                return int(fields[4])
+        except ValueError:
+            continue
+    return None
+
+
+def parent_of(pid: int) -> int | None:
+    """``pid``'s parent process (None when it is gone)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat_line.rsplit(")", 1)[1].split()[1])
 
 
 @dataclass(frozen=True)
@@ -61,14 +119,13 @@ class HostInfo:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    @classmethod
+    def current(cls, path: Path, lock: Path) -> HostInfo | None:
+        """The workers file, if the worker it names holds the worker lock now and serves."""
+        info = cls.read(path)
+        if info is None or info.port <= 0 or lock_holder(lock) != info.pid:
+            return None
+        return info
 
     @classmethod
     def read(cls, path: Path) -> HostInfo | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from ..errors import NodeNotRunningError
+from ..errors import LeaderUnreachableError, NodeNotRunningError
 from ..raft import Role
 from ..runtime.status import NodeStatus
 from .worker_files import RETRY, WORKER_TOKEN_HEADER, HostInfo
@@ -42,9 +42,10 @@ POLL_WAIT = 10.0
 class WorkerLink:
     """The :class:`~catga_sync.runtime.remote.HostLink` of a client worker."""
 
-    def __init__(self, node: ClusterNode, info_path: Path) -> None:
+    def __init__(self, node: ClusterNode, info_path: Path, lock_path: Path) -> None:
         self._node = node
         self._info_path = info_path
+        self._lock_path = lock_path
         self._lock = threading.Lock()
         self._info: HostInfo | None = None
         self._client: ClusterClient | None = None
@@ -84,21 +85,28 @@ class WorkerLink:
         )
 
     def acquire(self, name: str, **options: Any) -> Lease:
-        """A lock taken through the host (the lease renews itself through it too)."""
-        timeout = options.get("timeout")
-        budget = 30.0 if timeout is None else float(timeout) + 10.0
-        return self._call(lambda client, left: client.acquire(name, **options), budget)
+        """A lock taken through the host (the lease renews itself through it too, and through
+        whichever sibling hosts the node next: the link's one client follows the host)."""
+        wait = float(options.get("timeout") or 0.0)
+        # Not retried on another host: a second request would be a second place in the queue.
+        return self._call(lambda client, left: client.acquire(name, **options), wait, retry=False)
 
-    # -- plumbing -----------------------------------------------------------------------------
+    # -- plumbing ------------------------------------------------------------------------------
 
-    def _call(self, fn: Any, timeout: float) -> Any:
-        """``fn(client, seconds_left)`` against the current host; while there is none, wait
-        for one (up to ``timeout``), then raise NodeNotRunningError (retryable)."""
+    def _call(self, fn: Any, timeout: float, *, retry: bool = True) -> Any:
+        """``fn(client, seconds_left)`` against the current host. While there is none, wait
+        for one; a host that goes away during the call (``LeaderUnreachableError``: it could
+        not be reached) is asked again once another worker hosts the node — a command keeps
+        its (client, seq), so it applies once. NodeNotRunningError (retryable) at the end."""
         deadline = time.monotonic() + timeout
         while True:
             client = self._current()
             if client is not None:
-                return fn(client, max(0.05, deadline - time.monotonic()))
+                try:
+                    return fn(client, max(0.05, deadline - time.monotonic()))
+                except LeaderUnreachableError:
+                    if not retry or time.monotonic() >= deadline:
+                        raise
             if time.monotonic() >= deadline or self._closed.is_set():
                 raise NodeNotRunningError(
                     f"node {self._node.node_id}: no worker of this host runs it right now "
@@ -107,28 +115,29 @@ class WorkerLink:
             self._closed.wait(RETRY)
 
     def _current(self) -> ClusterClient | None:
-        info = HostInfo.read(self._info_path)
-        if info is None or not info.alive():
+        """The client of the worker that hosts the node now (one client for the link's life,
+        pointed at each new host, so that a lease keeps renewing across a takeover)."""
+        info = HostInfo.current(self._info_path, self._lock_path)
+        if info is None:
             return None
         with self._lock:
             if self._closed.is_set():
                 return None
-            if self._info != info or self._client is None:
+            if self._client is None:
                 from ..client import ClusterClient
 
                 config = self._node.config
-                client = ClusterClient(
+                self._client = ClusterClient(
                     [info.url],
                     secret=config.client_token,
                     headers={WORKER_TOKEN_HEADER: info.token},
                     timeout=max(5.0, self._node.timeouts.election * 10),
                     url_prefix=config.url_prefix,
                 )
-                client._transport.follow_leader = False  # the host forwards; stay on loopback
-                old, self._client = self._client, client
-                self._info = info
-                if old is not None:
-                    old.close()
+                self._client.transport.follow_leader = False  # the host forwards
+            elif self._info != info:
+                self._client.transport.retarget(info.url, {WORKER_TOKEN_HEADER: info.token})
+            self._info = info
             return self._client
 
     def _follow(self) -> None:
@@ -138,8 +147,10 @@ class WorkerLink:
         session.trust_env = False
         version = -1
         while not self._closed.is_set():
-            info = HostInfo.read(self._info_path)
-            if info is None or not info.alive():
+            info = HostInfo.current(self._info_path, self._lock_path)
+            if info is not None and self._client is not None:
+                self._current()  # a new host: leases renew through it from now on
+            if info is None:
                 self._node.host_lost()
                 version = -1
                 self._closed.wait(RETRY)

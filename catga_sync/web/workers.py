@@ -28,10 +28,12 @@ import hmac
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flask import Flask, request
 
@@ -39,7 +41,15 @@ from ..errors import StorageError
 from ..storage.ownership import already_running, describe_holder
 from .keepalive import KeepAliveRequestHandler, KeepAliveServer
 from .worker_app import create_worker_app
-from .worker_files import NO_HOST, RETRY, WORKER_TOKEN_HEADER, HostInfo, worker_paths
+from .worker_files import (
+    NO_HOST,
+    RETRY,
+    WORKER_TOKEN_HEADER,
+    HostInfo,
+    lock_holder,
+    parent_of,
+    worker_paths,
+)
 from .worker_link import WorkerLink
 
 if TYPE_CHECKING:
@@ -58,6 +68,11 @@ TAKEOVER_POLL = 0.05
 """Seconds between a client worker's tries of the worker lock (how soon it sees the host die)."""
 
 
+_HELD_HERE: set[Path] = set()
+"""Worker locks this process holds: a second app of the same node in one process (tests) runs
+its node directly, and the storage's ownership lock has the last word."""
+
+
 class WorkerHosting:
     """The worker lock of one node in this process: host it, or be a local client of the
     worker that does and take over when that one dies."""
@@ -69,16 +84,25 @@ class WorkerHosting:
         command forwarded to the mediator reaches the handlers and behaviors it knows)."""
         self.lock_path, self.info_path = worker_paths(node)
         self._fd: int | None = None
+        self._held = False
+        """This object took the worker lock as the host (not as a client waiting for it)."""
         self._server: BaseWSGIServer | None = None
-        self._link: Any = None
+        self._link: WorkerLink | None = None
         self._closed = threading.Event()
+        self._lifecycle = threading.Lock()
+        """Held while the node is taken over, stopped or released: one at a time."""
         self.role = "starting"
-        """``host``, ``client`` or ``starting``/``stopped``."""
+        """``host``, ``client``, ``direct`` (a second app in the hosting process), or
+        ``starting``/``stopped``."""
 
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Host the node if this worker takes the lock first, else become a local client."""
+        if self.lock_path in _HELD_HERE:
+            self.node.start()
+            self.role = "direct"
+            return
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,18 +112,24 @@ class WorkerHosting:
                 raise StorageError(
                     f"cannot lock {self.lock_path} for node {self.node.node_id!r}: {exc.strerror}"
                 ) from exc
-            info = HostInfo.read(self.info_path)
-            if info is not None and info.pid == os.getpid():
-                # This process hosts it already (a second app on the same node, in tests):
-                # no sibling to serve; the storage's ownership lock has the last word.
-                os.close(fd)
-                self.node.start()
-                self.role = "direct"
-                return
             self._fd = fd
+            holder = lock_holder(self.lock_path)
+            if holder is not None and parent_of(holder) != os.getppid():
+                self.release()  # not a sibling: a second server on this node's state
+                raise already_running(
+                    self.node.node_id, f"({self.lock_path})", describe_holder({"pid": holder})
+                ) from None
             self._become_client()
             return
         self._fd = fd
+        self._take_lock_and_host()
+
+    def _take_lock_and_host(self) -> None:
+        _HELD_HERE.add(self.lock_path)
+        self._held = True
+        # At once, before the node starts: a sibling that reads the file sees who holds the
+        # lock (port 0: starting), never a file a dead host left behind.
+        HostInfo(os.getpid(), os.getppid(), 0, "").write(self.info_path)
         self._host()
 
     def _host(self) -> None:
@@ -126,11 +156,7 @@ class WorkerHosting:
 
     def _become_client(self) -> None:
         info = self._wait_for_host(HOST_WAIT)
-        if info is not None and info.ppid != os.getppid():
-            self.release()
-            holder = describe_holder({"pid": info.pid})
-            raise already_running(self.node.node_id, f"({self.lock_path})", holder)
-        self._link = WorkerLink(self.node, self.info_path)
+        self._link = WorkerLink(self.node, self.info_path, self.lock_path)
         self.node.serve_through(self._link)
         self._link.start()
         self.role = "client"
@@ -147,11 +173,9 @@ class WorkerHosting:
     def _wait_for_host(self, timeout: float) -> HostInfo | None:
         deadline = time.monotonic() + timeout
         while True:
-            info = HostInfo.read(self.info_path)
-            if info is not None and info.alive() and info.pid != os.getpid():
+            info = HostInfo.current(self.info_path, self.lock_path)
+            if info is not None or time.monotonic() >= deadline:
                 return info
-            if time.monotonic() >= deadline:
-                return None
             time.sleep(RETRY)
 
     # -- take over -------------------------------------------------------------------------------
@@ -160,16 +184,19 @@ class WorkerHosting:
         # Polled, not a blocking flock: a thread blocked in flock cannot be woken when this
         # worker stops, and would lock whatever file its descriptor number names by then.
         while not self._closed.wait(TAKEOVER_POLL):
-            fd = self._fd
-            if fd is None:
+            with self._lifecycle:
+                fd = self._fd
+                if fd is None or self._closed.is_set():
+                    return
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # the hosting worker lives
+                self._take_over()
                 return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # the hosting worker lives
-            break
-        if self._closed.is_set():
-            return
+
+    def _take_over(self) -> None:
+        """With the lock just taken (and ``_lifecycle`` held): host the node here."""
         log.warning(
             "worker %d takes over node %s: the worker that hosted it is gone",
             os.getpid(),
@@ -178,36 +205,60 @@ class WorkerHosting:
         self.node.end_client_mode()
         self._link = None
         try:
-            self._host()
+            self._take_lock_and_host()
         except Exception:
-            log.exception("worker %d could not host node %s", os.getpid(), self.node.node_id)
+            # A node that failed to start cannot start again (the database still holds the
+            # dead worker's session lock, say): let go of the lock and leave, so that gunicorn
+            # replaces this worker with one that builds a fresh node.
+            log.exception(
+                "worker %d could not host node %s; it exits, and a sibling or its replacement "
+                "takes the node",
+                os.getpid(),
+                self.node.node_id,
+            )
             self.role = "stopped"
+            self._unlock()
+            os.kill(os.getpid(), signal.SIGTERM)
 
     # -- stop --------------------------------------------------------------------------------------
+
+    def stop_taking_over(self) -> None:
+        """This worker is stopping (SIGTERM): it must not take the node over any more."""
+        self._closed.set()
 
     def stop(self) -> None:
         """Before the node stops: take over no more, and stop following the host."""
         self._closed.set()
-        if self._link is not None:
-            self._link = None
-            self.node.end_client_mode()
+        with self._lifecycle:
+            if self._link is not None:
+                self._link = None
+                self.node.end_client_mode()
 
     def release(self) -> None:
         """After the node stopped: close the loopback port and drop the worker lock, so that
         a sibling may host the node."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        self._closed.set()
+        with self._lifecycle:
+            server, self._server = self._server, None
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            self.role = "stopped"
+            self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self._held:
+            self._held = False
+            _HELD_HERE.discard(self.lock_path)
             info = HostInfo.read(self.info_path)
             if info is not None and info.pid == os.getpid():
                 with contextlib.suppress(OSError):
                     self.info_path.unlink()
-        self.role = "stopped"
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     # -- relay --------------------------------------------------------------------------------
 
@@ -217,8 +268,7 @@ class WorkerHosting:
         node)."""
         if self.role != "client":
             return None
-        info = HostInfo.read(self.info_path)
-        return info if info is not None and info.alive() else NO_HOST
+        return HostInfo.current(self.info_path, self.lock_path) or NO_HOST
 
 
 class _SilentHandler(KeepAliveRequestHandler):
