@@ -163,7 +163,7 @@ class ClientTransport:
         """Send until a member answers 200 or the (monotonic) ``deadline``; raise the typed
         error of a final answer, or of the last failure at the deadline.
 
-        ``endpoint``: ask that member only. ``fit(body, remaining)``: the body to send with
+        ``endpoint``: ask that member only, once. ``fit(body, remaining)``: the body to send with
         ``remaining`` seconds left (a node's own timeout that ends before this client's).
         ``delivered`` gets a True appended once a request may
         have reached a node (its outcome may then exist even if no answer came)."""
@@ -179,8 +179,8 @@ class ClientTransport:
                 except _Retry as retry:
                     last = retry.error
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed.is_set():
-                break
+            if remaining <= 0 or self.closed.is_set() or endpoint is not None:
+                break  # one member asked: the caller chooses the next
             self.closed.wait(min(pause, remaining))
         if self.closed.is_set() and last is None:
             last = LeaderUnreachableError("the ClusterClient was closed", maybe_delivered=False)
