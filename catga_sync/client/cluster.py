@@ -20,6 +20,7 @@ from ..errors import (
     LockNotAcquiredError,
     LockNotHeldError,
     NoLeaderError,
+    NotLeaderError,
 )
 from ..fsm import Outcome, StateMachine
 from ..kv import ReplicatedDict
@@ -202,7 +203,7 @@ class ClusterClient:
                 fit=_server_timeout,
                 delivered=delivered,
             )
-        except (NoLeaderError, LeaderUnreachableError, CommitTimeoutError) as exc:
+        except (NotLeaderError, LeaderUnreachableError, CommitTimeoutError) as exc:
             if not delivered and not isinstance(exc, CommitTimeoutError):
                 raise  # never reached a node that could run it: not applied
             rid = _request_id_of(data)

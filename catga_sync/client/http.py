@@ -219,8 +219,6 @@ class ClientTransport:
                     maybe_delivered=_maybe_delivered(exc),
                 )
             ) from None
-        if delivered is not None and response.status_code != 401:
-            delivered.append(True)
         self.note_leader(response.headers.get(HEADER_LEADER))
         try:
             answer = response.json()
@@ -228,6 +226,8 @@ class ClientTransport:
             answer = None
         if not isinstance(answer, dict):
             answer = {}
+        if delivered is not None and _may_have_run(response.status_code, answer):
+            delivered.append(True)
         if response.status_code == 200:
             return Reply(target, answer)
         code = str(answer.get("error") or "")
@@ -251,6 +251,14 @@ class _Retry(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _may_have_run(status: int, answer: dict[str, Any]) -> bool:
+    """Whether an answer leaves open that the request ran: not a refusal before anything was
+    proposed (4xx), nor a node that had no leader to send it to."""
+    if status < 500:
+        return status == 200
+    return answer.get("error") not in ("no_leader", "not_leader")
 
 
 def _retryable_error(target: str, code: str, message: str, answer: dict[str, Any]) -> Exception:
