@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+import trustme
 from flask import Flask
 from helpers import LocalCluster, free_ports, poll
 
@@ -526,3 +528,42 @@ def test_a_command_timing_out_names_its_request_id() -> None:
                 client.dict().set("lost", 1)
             assert time.monotonic() - started < 3
             assert timed_out.value.request_id == f"{client.session.client_id}#1"
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_over_https_with_a_ca_file_or_an_ssl_context(
+    tmp_path_factory: pytest.TempPathFactory, mutual: bool
+) -> None:
+    from test_tls import Pki, _write  # its certificates, made at test time with trustme
+
+    tmp = tmp_path_factory.mktemp("client-pki")
+    pki = Pki(*_write(tmp, "node", trustme.CA()), *_write(tmp, "rogue", trustme.CA()))
+    (port,) = free_ports(1)
+    with LocalCluster(
+        1,
+        transport="http",
+        endpoints=[f"https://127.0.0.1:{port}"],
+        config={**pki.config(mutual=mutual), "client_token": TOKEN},
+        setup=setup,
+        checked=False,
+    ) as solo:
+        endpoint = solo.leader().raft_id
+        context = ssl.create_default_context(cafile=pki.ca)
+        context.load_cert_chain(pki.cert, pki.key)  # the client's certificate (mutual TLS)
+        with ClusterClient(endpoint, secret=TOKEN, tls=context) as client:
+            assert client.dict().set("tls", 1) is None
+            assert client.dict().get("tls") == 1
+        # The system's CAs do not know the test CA; a CA file alone has no client certificate
+        # for mutual TLS; no verification at all still connects (and warns).
+        cases = [(True, False), (pki.ca, not mutual)] + ([] if mutual else [(False, True)])
+        for tls, connects in cases:
+            with ClusterClient(endpoint, secret=TOKEN, tls=tls, timeout=1) as client:
+                if connects:
+                    assert client.status().leader == endpoint
+                else:
+                    with pytest.raises(LeaderUnreachableError):
+                        client.status()
