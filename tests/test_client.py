@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -269,6 +270,18 @@ def test_commands_from_many_threads_share_one_client(client: ClusterClient) -> N
         thread.join(WAIT * 3)
     assert not errors
     assert kv.get("threads") == 40
+
+
+def test_a_member_that_never_answers_leaves_time_to_ask_another(cluster: LocalCluster) -> None:
+    with socket.socket() as paused:  # accepts connections (the kernel does), answers nothing
+        paused.bind(("127.0.0.1", 0))
+        paused.listen(8)
+        silent = f"http://127.0.0.1:{paused.getsockname()[1]}"
+        with ClusterClient([silent, *cluster.endpoints], secret=TOKEN, timeout=4) as client:
+            started = time.monotonic()
+            assert client.dict().set("paused-member", 1) is None  # asked the silent one first
+            assert 2 <= time.monotonic() - started < 4
+            assert client.dict().get("paused-member") == 1
 
 
 # -- locks ----------------------------------------------------------------------------------------

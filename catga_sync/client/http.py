@@ -52,6 +52,8 @@ None (the system's CAs)."""
 
 CONNECT_TIMEOUT = 2.0
 """Seconds a connection to one member may take before the next member is tried."""
+MIN_SHARE = 0.5
+"""Seconds one member is given at the least, when the time is shared between members."""
 _PAUSES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 """Pauses after each round over every member, the last repeated."""
 
@@ -158,6 +160,7 @@ class ClientTransport:
         params: dict[str, Any] | None = None,
         endpoint: str | None = None,
         fit: Callable[[dict[str, Any], float], dict[str, Any]] | None = None,
+        share: bool = True,
         delivered: list[bool] | None = None,
     ) -> Reply:
         """Send until a member answers 200 or the (monotonic) ``deadline``; raise the typed
@@ -165,6 +168,9 @@ class ClientTransport:
 
         ``endpoint``: ask that member only, once. ``fit(body, remaining)``: the body to send with
         ``remaining`` seconds left (a node's own timeout that ends before this client's).
+        ``share``: give one member at most half the time left (a member that accepted the
+        connection and is paused, SIGSTOPped say, must not take it all), not for a request
+        that waits by design (a lock's queue).
         ``delivered`` gets a True appended once a request may
         have reached a node (its outcome may then exist even if no answer came)."""
         last: Exception | None = None
@@ -173,6 +179,8 @@ class ClientTransport:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.closed.is_set():
                     break
+                if share:  # a paused member must leave time to ask another
+                    remaining = max(min(remaining, MIN_SHARE), remaining / 2)
                 try:
                     sent = body if fit is None or body is None else fit(body, remaining)
                     return self._once(target, method, path, sent, params, remaining, delivered)
