@@ -166,13 +166,14 @@ class ClientTransport:
         """Send until a member answers 200 or the (monotonic) ``deadline``; raise the typed
         error of a final answer, or of the last failure at the deadline.
 
-        ``endpoint``: ask that member only, once. ``fit(body, remaining)``: the body to send with
-        ``remaining`` seconds left (a node's own timeout that ends before this client's).
-        ``share``: give one member at most half the time left (a member that accepted the
-        connection and is paused, SIGSTOPped say, must not take it all), not for a request
-        that waits by design (a lock's queue).
-        ``delivered`` gets a True appended once a request may
-        have reached a node (its outcome may then exist even if no answer came)."""
+        - ``endpoint``: ask that member only, once.
+        - ``fit(body, remaining)``: the body to send with ``remaining`` seconds left (a node's
+          own timeout, which ends before this client's).
+        - ``share``: give one member at most half the time left, so that a member that took
+          the connection and never answers (paused) leaves time for another; off for a
+          request that waits by design (a lock's queue, a long poll).
+        - ``delivered``: gets a True appended once a request may have run on a node (its
+          outcome may exist though no answer came)."""
         last: Exception | None = None
         for pause in itertools.chain(_PAUSES, itertools.repeat(_PAUSES[-1])):
             for target in [endpoint] if endpoint is not None else self.candidates():
