@@ -20,6 +20,7 @@ from ..errors import (
     LockNotAcquiredError,
     LockNotHeldError,
     NoLeaderError,
+    NotLeaderError,
 )
 from ..fsm import Outcome, StateMachine
 from ..kv import ReplicatedDict
@@ -145,7 +146,8 @@ class ClusterClient:
             if remaining <= 0:
                 break
             try:
-                status = self._long_poll(seen, min(remaining, 5.0), deadline=deadline)
+                wait = min(remaining * 0.8, 5.0)  # answered before the deadline
+                status = self._long_poll(seen, wait, deadline=deadline)
             except CatgaError as exc:
                 last, seen = exc, None
                 continue
@@ -183,6 +185,7 @@ class ClusterClient:
                 params={"after": version, "wait": f"{max(0.0, min(wait, 30.0)):.3f}"},
                 endpoint=endpoint,
                 deadline=deadline,
+                share=False,  # it waits by design
             )
         status = ClientStatus.from_json(reply.body)
         self._transport.note_leader(status.leader)
@@ -207,7 +210,7 @@ class ClusterClient:
                 fit=_server_timeout,
                 delivered=delivered,
             )
-        except (NoLeaderError, LeaderUnreachableError, CommitTimeoutError) as exc:
+        except (NotLeaderError, LeaderUnreachableError, CommitTimeoutError) as exc:
             if not delivered and not isinstance(exc, CommitTimeoutError):
                 raise  # never reached a node that could run it: not applied
             rid = _request_id_of(data)
@@ -286,7 +289,7 @@ class ClusterClient:
             return {**body, "wait": max(0.0, min(wait, remaining - _margin(remaining)))}
 
         reply = self._transport.request(
-            "POST", LOCK_ACQUIRE_PATH, body=body, deadline=deadline, fit=fit
+            "POST", LOCK_ACQUIRE_PATH, body=body, deadline=deadline, fit=fit, share=False
         )
         lease = Lease(
             RemoteHolding(self),

@@ -52,6 +52,8 @@ None (the system's CAs)."""
 
 CONNECT_TIMEOUT = 2.0
 """Seconds a connection to one member may take before the next member is tried."""
+MIN_SHARE = 0.5
+"""Seconds one member is given at the least, when the time is shared between members."""
 _PAUSES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 """Pauses after each round over every member, the last repeated."""
 
@@ -163,29 +165,36 @@ class ClientTransport:
         params: dict[str, Any] | None = None,
         endpoint: str | None = None,
         fit: Callable[[dict[str, Any], float], dict[str, Any]] | None = None,
+        share: bool = True,
         delivered: list[bool] | None = None,
     ) -> Reply:
         """Send until a member answers 200 or the (monotonic) ``deadline``; raise the typed
         error of a final answer, or of the last failure at the deadline.
 
-        ``endpoint``: ask that member only. ``fit(body, remaining)``: the body to send with
-        ``remaining`` seconds left (a node's own timeout that ends before this client's).
-        ``delivered`` gets a True appended once a request may
-        have reached a node (its outcome may then exist even if no answer came)."""
+        - ``endpoint``: ask that member only, once.
+        - ``fit(body, remaining)``: the body to send with ``remaining`` seconds left (a node's
+          own timeout, which ends before this client's).
+        - ``share``: give one member at most half the time left, so that a member that took
+          the connection and never answers (paused) leaves time for another; off for a
+          request that waits by design (a lock's queue, a long poll).
+        - ``delivered``: gets a True appended once a request may have run on a node (its
+          outcome may exist though no answer came)."""
         last: Exception | None = None
         for pause in itertools.chain(_PAUSES, itertools.repeat(_PAUSES[-1])):
             for target in [endpoint] if endpoint is not None else self.candidates():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.closed.is_set():
                     break
+                if share:  # a paused member must leave time to ask another
+                    remaining = max(min(remaining, MIN_SHARE), remaining / 2)
                 try:
                     sent = body if fit is None or body is None else fit(body, remaining)
                     return self._once(target, method, path, sent, params, remaining, delivered)
                 except _Retry as retry:
                     last = retry.error
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed.is_set():
-                break
+            if remaining <= 0 or self.closed.is_set() or endpoint is not None:
+                break  # one member asked: the caller chooses the next
             self.closed.wait(min(pause, remaining))
         if self.closed.is_set() and last is None:
             last = LeaderUnreachableError("the ClusterClient was closed", maybe_delivered=False)
@@ -224,8 +233,6 @@ class ClientTransport:
                     maybe_delivered=_maybe_delivered(exc),
                 )
             ) from None
-        if delivered is not None and response.status_code != 401:
-            delivered.append(True)
         self.note_leader(response.headers.get(HEADER_LEADER))
         try:
             answer = response.json()
@@ -233,6 +240,8 @@ class ClientTransport:
             answer = None
         if not isinstance(answer, dict):
             answer = {}
+        if delivered is not None and _may_have_run(response.status_code, answer):
+            delivered.append(True)
         if response.status_code == 200:
             return Reply(target, answer)
         code = str(answer.get("error") or "")
@@ -263,6 +272,14 @@ class _Retry(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _may_have_run(status: int, answer: dict[str, Any]) -> bool:
+    """Whether an answer leaves open that the request ran: not a refusal before anything was
+    proposed (4xx), nor a node that had no leader to send it to."""
+    if status < 500:
+        return status == 200
+    return answer.get("error") not in ("no_leader", "not_leader")
 
 
 def _retryable_error(target: str, code: str, message: str, answer: dict[str, Any]) -> Exception:

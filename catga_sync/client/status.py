@@ -16,21 +16,30 @@ class ClientStatus:
     """What one node said of the cluster (``GET {url_prefix}/client/status``)."""
 
     node_id: str
+    """The answering node's id."""
     endpoint: str
     """The answering node's endpoint (its Raft id)."""
     role: str
+    """Its role: ``leader``, ``follower``, ``pre_candidate`` or ``candidate``."""
     term: int
+    """The newest Raft term it knows."""
     is_leader: bool
+    """Whether the answering node leads."""
     leader: str | None
     """The leader's endpoint, as the answering node knows it (None: no leader known)."""
     leader_id: str | None
+    """The leader's node id (None: no leader known)."""
     commit_index: int
+    """The answering node's commit index."""
     last_applied: int
+    """The last log index it applied."""
     members: tuple[str, ...]
+    """The voters' endpoints."""
     running: bool
+    """Whether it runs (always True in an answer: a stopped node answers 503)."""
     version: int
-    """Grows each time this node's leader, term or role changes (per node: another node's
-    count is another count)."""
+    """A count that grows each time the answering node's leader, term or role changes (each
+    node counts for itself)."""
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> ClientStatus:

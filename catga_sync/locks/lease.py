@@ -357,23 +357,33 @@ def acquire(
 
 
 def wait_for_grant(
-    node: NodeHandle, watch: _Watch, name: str, *, owner: str, ttl: float, wait: float
+    node: NodeHandle,
+    watch: _Watch,
+    name: str,
+    *,
+    owner: str,
+    ttl: float,
+    wait: float,
+    give_back: bool = True,
 ) -> int:
     """Ask for lock ``name`` for ``watch.holder`` (a watch of this node's lease monitor) and
     wait up to ``wait`` seconds in its queue; returns the fencing token of the grant.
 
     Raises LockNotAcquiredError when it is busy (``wait`` 0) or the wait ran out: the request
-    is withdrawn then, and a grant that comes too late is given back. Asking again for a
-    holder that holds the lock already returns its token (a client retrying after a lost
-    answer). The caller unwatches ``watch``: :func:`acquire` keeps it for its :class:`Lease`,
-    the client routes drop it at once (no thread stays behind for a remote holder)."""
+    is withdrawn then, and a grant that comes too late is given back — unless ``give_back``
+    is off: a holder that may ask again through another node (a client retrying after a lost
+    answer) must not lose there the grant this node gave up on; unclaimed, it expires after
+    its TTL. Asking again for a holder that holds the lock already returns its token.
+
+    The caller unwatches ``watch``: :func:`acquire` keeps it for its :class:`Lease`, the
+    client routes drop it at once (no thread stays behind for a remote holder)."""
     holder = watch.holder
     clock = _monitor_of(node).clock
     deadline = clock() + wait
     try:
         answer = node.state(LockTable).acquire(name, holder, owner, ttl, wait)
     except CommitTimeoutError:
-        _give_up(node, name, holder)
+        _give_up(node, name, holder, give_back=give_back)
         raise
     if answer["state"] == "busy":
         raise LockNotAcquiredError(
@@ -390,7 +400,7 @@ def wait_for_grant(
             break
         watch.event.clear()
     if watch.state == "pending":  # timed out in the queue (a late grant is given back)
-        _give_up(node, name, holder)
+        _give_up(node, name, holder, give_back=give_back)
         raise LockNotAcquiredError(
             f"lock {name!r} was not acquired within {wait:g}s (waiting behind its holder)"
         )
@@ -462,11 +472,11 @@ class DistributedLock:
         )
 
 
-def _give_up(node: NodeHandle, name: str, holder: str) -> None:
-    """Leave the queue, or give back a grant that came too late (best effort: a grant nobody
-    takes expires after its TTL anyway)."""
+def _give_up(node: NodeHandle, name: str, holder: str, *, give_back: bool = True) -> None:
+    """Leave the queue, or give back a grant that came too late (unless ``give_back`` is off;
+    best effort: a grant nobody takes expires after its TTL anyway)."""
     try:
-        node.state(LockTable).cancel(name, holder)
+        node.state(LockTable).cancel(name, holder, waiting_only=not give_back)
     except CatgaError as exc:
         log.info("lock %r: could not withdraw request %s: %s", name, holder, exc)
 

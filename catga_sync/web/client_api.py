@@ -275,7 +275,11 @@ def create_client_blueprint(
         watch = monitor.watch(holder)
         sent = monitor.clock()
         try:
-            token = wait_for_grant(node, watch, name, owner=owner, ttl=ttl, wait=wait)
+            # A late grant is not given back: the client may hold it through another node
+            # (a retry with the same holder); unclaimed, it expires after its TTL.
+            token = wait_for_grant(
+                node, watch, name, owner=owner, ttl=ttl, wait=wait, give_back=False
+            )
         finally:
             monitor.unwatch(holder)  # no watch, no thread stays behind: the client renews
         left = ttl * (1 - CLOCK_DRIFT) - (monitor.clock() - sent)

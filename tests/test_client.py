@@ -1,0 +1,585 @@
+"""The ClusterClient against three real nodes serving real HTTP on loopback (their embedded
+servers), and the client routes it speaks: status and the leadership long poll, commands
+exactly once, linearizable queries, errors raised with their type, locks with the same Lease as
+inside the cluster, the client token, and bad bodies refused with the state unchanged."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import trustme
+from flask import Flask
+from helpers import LocalCluster, free_ports, poll
+
+from catga_sync import ClusterClient as LazyClusterClient
+from catga_sync.client import ClientStatus, ClusterClient
+from catga_sync.errors import (
+    ClientAuthError,
+    CommitTimeoutError,
+    ConfigError,
+    InvalidLockRequestError,
+    LeaderUnreachableError,
+    LockNotAcquiredError,
+    LockNotHeldError,
+    NoLeaderError,
+    NotRegisteredError,
+    RequestBodyError,
+    UnknownCommandError,
+)
+from catga_sync.fsm import StateMachine, command, encode_command, query
+from catga_sync.kv import ReplicatedDict
+from catga_sync.locks import Lease, LeaseMonitor, LockTable
+from catga_sync.node import ClusterNode
+from catga_sync.web.extension import CatgaCluster
+
+TOKEN = "client-token-0123456789abcdef"
+WAIT = 10.0
+
+
+class Overdrawn(Exception):
+    """Raised by Account.withdraw (a command error the client raises with its type)."""
+
+
+class Account(StateMachine):
+    name = "accounts"
+
+    def __init__(self) -> None:
+        self.balances: dict[str, int] = {}
+
+    @command
+    def deposit(self, who: str, amount: int) -> int:
+        self.balances[who] = self.balances.get(who, 0) + amount
+        return self.balances[who]
+
+    @command
+    def withdraw(self, who: str, amount: int) -> int:
+        if self.balances.get(who, 0) < amount:
+            raise Overdrawn(f"{who} has {self.balances.get(who, 0)}, not {amount}")
+        self.balances[who] -= amount
+        return self.balances[who]
+
+    @query
+    def balance(self, who: str) -> int:
+        if who not in self.balances:
+            raise KeyError(f"no account {who!r}")
+        return self.balances[who]
+
+
+def setup(node: ClusterNode) -> None:
+    node.register(ReplicatedDict())
+    node.register(Account())
+
+
+def make_cluster(size: int = 3, token: str | None = TOKEN) -> LocalCluster:
+    return LocalCluster(
+        size,
+        transport="http",
+        committed_leader=True,
+        config={"client_token": token},
+        setup=setup,
+        wait=WAIT,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with make_cluster() as c:
+        c.followers()
+        yield c
+
+
+@pytest.fixture
+def client(cluster: LocalCluster) -> Iterator[ClusterClient]:
+    with ClusterClient(cluster.endpoints, secret=TOKEN, timeout=WAIT) as c:
+        yield c
+
+
+def url(cluster: LocalCluster, k: int, path: str) -> str:
+    return f"{cluster.endpoints[k]}/_catga/client{path}"
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+# -- status and leadership ----------------------------------------------------------------------
+
+
+def test_status_names_the_node_and_the_leader(cluster: LocalCluster, client: ClusterClient) -> None:
+    leader = cluster.leader()
+    status = client.status()
+    assert isinstance(status, ClientStatus)
+    assert status.leader == leader.raft_id and status.leader_id == leader.node_id
+    assert status.running and status.term >= 1 and status.version >= 1
+    assert set(status.members) == set(cluster.endpoints)
+    assert status.endpoint == leader.raft_id  # it asked the leader: it knew its hint
+    assert status.is_leader and status.role == "leader"
+    assert client.leader == leader.raft_id
+    assert client.wait_for_leader(1) == leader.raft_id
+    for k in range(3):
+        answer = requests.get(url(cluster, k, "/status"), headers=AUTH, timeout=5)
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["node_id"] == f"node{k}" and body["leader"] == leader.raft_id
+        assert answer.headers["X-Catga-Leader"] == leader.raft_id
+        assert set(body) == {
+            "node_id",
+            "endpoint",
+            "role",
+            "term",
+            "is_leader",
+            "leader",
+            "leader_id",
+            "commit_index",
+            "last_applied",
+            "members",
+            "running",
+            "version",
+        }
+    assert LazyClusterClient is ClusterClient
+
+
+def test_the_leadership_long_poll_answers_at_once_after_a_change_and_waits_otherwise(
+    cluster: LocalCluster,
+) -> None:
+    version = requests.get(url(cluster, 1, "/status"), headers=AUTH, timeout=5).json()["version"]
+    started = time.monotonic()
+    answer = requests.get(
+        url(cluster, 1, "/leadership"),
+        params={"after": version - 1, "wait": 5},
+        headers=AUTH,
+        timeout=10,
+    )
+    assert answer.status_code == 200 and time.monotonic() - started < 1
+    started = time.monotonic()
+    answer = requests.get(
+        url(cluster, 1, "/leadership"),
+        params={"after": version, "wait": 0.3},
+        headers=AUTH,
+        timeout=10,
+    )
+    assert answer.status_code == 200 and answer.json()["version"] == version
+    assert time.monotonic() - started >= 0.3
+    for params in ({"wait": 31}, {"wait": "soon"}, {"after": "x"}, {"wait": "nan"}):
+        bad = requests.get(url(cluster, 1, "/leadership"), params=params, headers=AUTH, timeout=5)
+        assert bad.status_code == 400 and bad.json()["error"] == "bad_request", params
+
+
+def test_wait_for_leader_gives_up_with_no_leader_error() -> None:
+    (port,) = free_ports(1)
+    with ClusterClient(f"http://127.0.0.1:{port}", timeout=0.5) as nobody:
+        started = time.monotonic()
+        with pytest.raises(NoLeaderError, match=r"within 0\.5s"):
+            nobody.wait_for_leader(0.5)
+        with pytest.raises(LeaderUnreachableError):
+            nobody.status()
+        assert time.monotonic() - started < 3  # never beyond its timeouts
+        assert nobody.leader is None
+
+
+def test_a_node_that_is_not_running_answers_503() -> None:
+    app = Flask("test_client_not_running")
+    app.config.update(
+        CATGA_CLUSTER_LOCAL_NODE_ENDPOINT="http://localhost:7413",
+        CATGA_CLUSTER_AUTOSTART=False,
+        CATGA_CLUSTER_CLIENT_TOKEN=TOKEN,
+    )
+    CatgaCluster(app)
+    answer = app.test_client().get("/_catga/client/status", headers=AUTH)
+    assert answer.status_code == 503
+    assert answer.json is not None and answer.json["error"] == "unavailable"
+    assert answer.headers["Retry-After"] == "1"
+
+
+# -- commands and queries -----------------------------------------------------------------------
+
+
+def test_commands_and_queries_through_a_state_handle(client: ClusterClient) -> None:
+    accounts = client.state(Account)
+    assert accounts.deposit("ada", 100) == 100
+    assert accounts.withdraw("ada", 30) == 70
+    assert accounts.balance("ada") == 70
+    with pytest.raises(Overdrawn, match="ada has 70, not 500"):
+        accounts.withdraw("ada", 500)
+    with pytest.raises(KeyError, match="no account"):
+        accounts.balance("bob")
+    assert client.query("accounts", "balance", ["ada"]) == 70
+    with pytest.raises(AttributeError, match="no command or query 'close'"):
+        accounts.close  # noqa: B018
+    with pytest.raises(NotRegisteredError, match="no state machine 'nope'"):
+        client.query("nope", "get")
+    with pytest.raises(UnknownCommandError, match="no query 'deposit'"):
+        client.query("accounts", "deposit", ["ada", 1])
+
+
+def test_the_replicated_dict_by_dict_and_by_state(client: ClusterClient) -> None:
+    kv = client.dict()
+    kv.set("colour", "blue")
+    assert kv.get("colour") == "blue"
+    assert client.state(ReplicatedDict).get("colour") == "blue"
+    assert client.state(ReplicatedDict()).increment("hits") == 1
+    assert kv.increment("hits", 2) == 3
+    assert kv.compare_and_set("colour", "blue", "green") is True
+    assert kv.items()["colour"] == "green"
+    with pytest.raises(TypeError, match="holds str"):
+        kv.increment("colour")
+
+
+def test_a_command_sent_twice_is_applied_once(cluster: LocalCluster, client: ClusterClient) -> None:
+    data = encode_command(
+        "catga.kv", "increment", ["once"], {}, client="test-client", seq=1, ack=1, time=0.0
+    )
+    first = client.submit(data)
+    # Again through each follower, as a retry after a lost answer would be.
+    for k in range(3):
+        body = {"command": base64.b64encode(data).decode()}
+        again = requests.post(url(cluster, k, "/commands"), json=body, headers=AUTH, timeout=5)
+        assert again.status_code == 200
+        assert again.json() == {"outcome": first.to_json()}
+    assert client.dict().get("once") == 1
+    keyed = client.dict().with_request_id("order-17").with_timeout(5)
+    assert keyed.increment("keyed") == 1
+    assert keyed.increment("keyed") == 1  # the first outcome, not a second increment
+    assert client.dict().get("keyed") == 1
+
+
+def test_commands_from_many_threads_share_one_client(client: ClusterClient) -> None:
+    kv = client.dict()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(10):
+                kv.increment("threads")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    assert not errors
+    assert kv.get("threads") == 40
+
+
+def test_a_member_that_never_answers_leaves_time_to_ask_another(cluster: LocalCluster) -> None:
+    with socket.socket() as paused:  # accepts connections (the kernel does), answers nothing
+        paused.bind(("127.0.0.1", 0))
+        paused.listen(8)
+        silent = f"http://127.0.0.1:{paused.getsockname()[1]}"
+        with ClusterClient([silent, *cluster.endpoints], secret=TOKEN, timeout=6) as client:
+            started = time.monotonic()
+            assert client.dict().set("paused-member", 1) is None  # asked the silent one first
+            assert 3 <= time.monotonic() - started < 6  # it had half the time, 3 s
+            assert client.dict().get("paused-member") == 1
+
+
+# -- locks ----------------------------------------------------------------------------------------
+
+
+def test_a_lock_from_outside_is_the_lease_of_the_inside(
+    cluster: LocalCluster, client: ClusterClient
+) -> None:
+    leader = cluster.leader()
+    with client.lock("report", ttl=5, owner="cron") as lease:
+        assert lease.is_valid() and 4 < lease.remaining() <= 5
+        described = leader.state(LockTable).describe("report")
+        assert described["token"] == lease.token and described["owner"] == "cron"
+        assert client.try_acquire("report") is None
+        with pytest.raises(LockNotAcquiredError, match="held by 'cron'"):
+            client.acquire("report", timeout=0)
+    assert not lease.is_valid() and not lease.lost.is_set()
+    assert leader.state(LockTable).describe("report") is None
+    again = client.try_acquire("report", ttl=5)
+    assert again is not None and again.token > lease.token
+    again.release()
+    with pytest.raises(LockNotHeldError, match="already released"):
+        again.release()
+    with pytest.raises(InvalidLockRequestError):
+        client.acquire("", ttl=5)
+
+
+def test_a_held_lease_is_renewed_past_its_ttl_and_a_waiter_gets_it_at_release(
+    cluster: LocalCluster, client: ClusterClient
+) -> None:
+    lease = client.acquire("renewed", ttl=1.2)
+    got: list[Lease] = []
+    waiter = threading.Thread(target=lambda: got.append(client.acquire("renewed", timeout=10)))
+    waiter.start()
+    threading.Event().wait(2.6)  # more than two TTLs: renewals kept it
+    assert lease.is_valid() and not got
+    lease.release()
+    waiter.join(WAIT)
+    assert got and got[0].token > lease.token and got[0].is_valid()
+    got[0].release()
+
+
+def test_a_lease_is_lost_when_a_renewal_is_refused_or_its_ttl_passes(
+    cluster: LocalCluster, client: ClusterClient
+) -> None:
+    lease = client.acquire("taken-away", ttl=3)  # renewed after 1 s: refused
+    told: list[str | None] = []
+    lease.on_lost(lambda lost: told.append(lost.lost_reason))
+    cluster.leader().state(LockTable).release("taken-away", lease.token)  # behind its back
+    assert lease.lost.wait(WAIT)
+    assert not lease.is_valid()
+    poll(lambda: told, WAIT, "the on_lost callback")
+    assert "not held with token" in (told[0] or "")
+    with pytest.raises(LockNotHeldError, match="lost before its release"):
+        lease.release()
+    paused = client.acquire("not-renewed", ttl=0.3, auto_renew=False)
+    assert paused.lost.wait(WAIT)
+    assert "TTL ran out" in (paused.lost_reason or "")
+
+
+def test_the_lock_routes_leave_no_thread_or_watch_behind(cluster: LocalCluster) -> None:
+    before = {t.name for t in threading.enumerate() if t.name.startswith("catga-lease-")}
+    answer = requests.post(
+        url(cluster, 2, "/locks/acquire"),
+        json={"name": "raw", "ttl": 5, "wait": 0, "owner": "curl"},
+        headers=AUTH,
+        timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["owner"] == "curl" and body["ttl"] == 5 and 0 < body["expires_in"] <= 5
+    after = {t.name for t in threading.enumerate() if t.name.startswith("catga-lease-")}
+    assert after == before
+    for node in cluster.nodes:
+        monitor = node.extensions["locks"]
+        assert isinstance(monitor, LeaseMonitor) and not monitor._watches
+    busy = requests.post(url(cluster, 1, "/locks/acquire"), json={"name": "raw"}, headers=AUTH)
+    assert busy.status_code == 409 and busy.json()["error"] == "lock_not_acquired"
+    token = body["token"]
+    renew = requests.post(
+        url(cluster, 1, "/locks/renew"), json={"name": "raw", "token": token}, headers=AUTH
+    )
+    assert renew.status_code == 200 and renew.json()["token"] == token
+    release = requests.post(
+        url(cluster, 0, "/locks/release"), json={"name": "raw", "token": token}, headers=AUTH
+    )
+    assert release.status_code == 200 and release.json() == {"released": True, "token": token}
+    for path in ("/locks/renew", "/locks/release"):
+        gone = requests.post(
+            url(cluster, 0, path), json={"name": "raw", "token": token}, headers=AUTH
+        )
+        assert gone.status_code == 409 and gone.json()["error"] == "lock_not_held"
+
+
+# -- the token ------------------------------------------------------------------------------------
+
+
+def test_without_the_token_every_route_answers_401(cluster: LocalCluster) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        for method, path in (("GET", "/status"), ("POST", "/commands"), ("POST", "/locks/acquire")):
+            answer = requests.request(method, url(cluster, 0, path), headers=headers, timeout=5)
+            assert answer.status_code == 401, (headers, path)
+            assert answer.json()["error"] == "unauthorized"
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    for secret in (None, "wrong-token-0123456789"):
+        with ClusterClient(cluster.endpoints, secret=secret) as stranger:
+            with pytest.raises(ClientAuthError, match="client token"):
+                stranger.status()
+            with pytest.raises(ClientAuthError):
+                stranger.dict().set("intruder", True)
+    assert cluster.leader().state(ReplicatedDict).get("intruder") is None
+    # headers= go with every request (here the token itself, as a proxy might want it).
+    with ClusterClient(cluster.endpoints, headers={"Authorization": f"Bearer {TOKEN}"}) as given:
+        assert given.status().running
+
+
+def test_without_a_token_the_routes_are_open_and_a_warning_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="catga_sync.web.client_api"),
+        make_cluster(1, token=None) as solo,
+        ClusterClient(solo.endpoints) as anyone,
+    ):
+        solo.leader()
+        assert anyone.dict().set("open", 1) is None
+        assert anyone.dict().get("open") == 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "catga_sync.web.client_api"]
+    assert len(warnings) == 1 and "/_catga/client is open" in warnings[0]
+    assert "Cluster__ClientToken" in warnings[0]
+
+
+def test_the_token_setting_in_every_form() -> None:
+    from catga_sync.config import ClusterConfig
+
+    base = {"local_node_endpoint": "http://localhost:7414"}
+    assert ClusterConfig(**base, client_token=TOKEN).client_token == TOKEN
+    assert ClusterConfig.from_env({**_env(base), "Cluster__ClientToken": TOKEN}).client_token
+    flask = {"CATGA_CLUSTER_LOCAL_NODE_ENDPOINT": "http://localhost:7414"}
+    flask["CATGA_CLUSTER_CLIENT_TOKEN"] = TOKEN
+    assert ClusterConfig.from_flask_config(flask).client_token == TOKEN
+    assert ClusterConfig.from_mapping({**base, "ClientToken": TOKEN}).client_token == TOKEN
+    assert TOKEN not in repr(ClusterConfig(**base, client_token=TOKEN))
+    for bad, why in (("", "non-empty"), ("with space-0123456789", "without spaces")):
+        with pytest.raises(ConfigError, match=why):
+            ClusterConfig(**base, client_token=bad)
+    with pytest.raises(ConfigError, match="equals Cluster:Secret"):
+        ClusterConfig(**base, client_token=TOKEN, secret=TOKEN)
+
+
+def _env(values: dict[str, Any]) -> dict[str, str]:
+    return {"Cluster__LocalNodeEndpoint": str(values["local_node_endpoint"])}
+
+
+# -- bad bodies -----------------------------------------------------------------------------------
+
+
+def _command(entry: dict[str, Any]) -> str:
+    return base64.b64encode(json.dumps(entry).encode()).decode()
+
+
+GOOD = {"m": "catga.kv", "op": "set", "a": ["bad", 1], "k": {}, "c": "x", "s": 1, "ack": 1}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/commands", b"{", 400, "invalid_json"),
+        ("/commands", b'{"command": "a", "command": "b"}', 400, "invalid_json"),
+        ("/commands", b"[]", 400, "bad_request"),
+        ("/commands", b'{"command": "x", "extra": 1}', 400, "bad_request"),
+        ("/commands", json.dumps({"command": "%%%"}).encode(), 400, "invalid_command"),
+        ("/commands", json.dumps({"command": _command({"m": 1})}).encode(), 400, "invalid_command"),
+        (
+            "/commands",
+            json.dumps({"command": _command({**GOOD, "m": "nope"})}).encode(),
+            400,
+            "unknown_command",
+        ),
+        (
+            "/commands",
+            json.dumps({"command": _command({**GOOD, "s": -1})}).encode(),
+            400,
+            "invalid_command",
+        ),
+        (
+            "/commands",
+            json.dumps({"command": _command(GOOD), "timeout": 0}).encode(),
+            400,
+            "bad_request",
+        ),
+        ("/queries", b'{"machine": "catga.kv"}', 400, "bad_request"),
+        ("/queries", b'{"machine": "catga.kv", "query": "get", "args": 1}', 400, "bad_request"),
+        ("/locks/acquire", b'{"name": "x", "ttl": -1}', 400, "invalid_lock_request"),
+        ("/locks/renew", b'{"name": "x", "token": "1"}', 400, "invalid_lock_request"),
+        ("/locks/release", b'{"name": "x"}', 400, "bad_request"),
+    ],
+)
+def test_a_bad_body_is_a_json_400_and_changes_nothing(
+    cluster: LocalCluster, path: str, body: bytes, status: int, code: str
+) -> None:
+    leader = cluster.leader()
+    before = leader.status.last_applied
+    headers = {**AUTH, "Content-Type": "application/json"}
+    answer = requests.post(url(cluster, 1, path), data=body, headers=headers, timeout=5)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"] == code
+    assert leader.status.last_applied == before
+    assert leader.state(ReplicatedDict).local.get("bad") is None
+
+
+def test_not_json_is_415_too_large_is_413_and_a_wrong_method_405(cluster: LocalCluster) -> None:
+    text = requests.post(url(cluster, 0, "/commands"), data="x", headers=AUTH, timeout=5)
+    assert text.status_code == 415 and text.json()["error"] == "unsupported_media_type"
+    huge = {"command": "A" * (9 << 20)}
+    large = requests.post(url(cluster, 0, "/commands"), json=huge, headers=AUTH, timeout=10)
+    assert large.status_code == 413 and large.json()["error"] == "body_too_large"
+    wrong = requests.get(url(cluster, 0, "/commands"), headers=AUTH, timeout=5)
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST"
+    with ClusterClient(cluster.endpoints, secret=TOKEN) as client:
+        with pytest.raises(RequestBodyError) as refused:
+            client.submit(b"not json")
+        assert refused.value.status == 400
+
+
+# -- failover -------------------------------------------------------------------------------------
+
+
+def test_through_a_leader_crash_commands_apply_once_and_a_lease_stays_valid() -> None:
+    with make_cluster() as cluster, ClusterClient(cluster.endpoints, secret=TOKEN) as client:
+        first = cluster.leader()
+        seen: list[ClientStatus] = []
+        watch = client.watch_leadership(seen.append)
+        poll(lambda: seen, WAIT, "the first status")
+        assert seen[0].leader == first.raft_id
+        lease = client.acquire("failover", ttl=3)
+        kv = client.dict()
+        assert kv.increment("n") == 1
+        cluster.crash(first)
+        second = cluster.leader(other_than=first)
+        assert kv.increment("n") == 2  # the hint was the dead leader: another member took it
+        poll(lambda: seen[-1].leader == second.raft_id, WAIT, "the watch to see the new leader")
+        assert seen[-1].term > seen[0].term
+        threading.Event().wait(3.5)  # past the TTL: renewed through the new leader
+        assert lease.is_valid() and not lease.lost.is_set()
+        assert second.state(LockTable).describe("failover")["token"] == lease.token
+        lease.release()
+        watch.stop(timeout=WAIT)
+        assert not watch.running
+
+
+def test_a_command_timing_out_names_its_request_id() -> None:
+    with make_cluster() as cluster:
+        leader = cluster.leader()
+        for node in cluster.followers():
+            cluster.crash(node)  # no quorum: nothing commits
+        with ClusterClient(leader.raft_id, secret=TOKEN, timeout=1.0) as client:
+            started = time.monotonic()
+            with pytest.raises(CommitTimeoutError) as timed_out:
+                client.dict().set("lost", 1)
+            assert time.monotonic() - started < 3
+            assert timed_out.value.request_id == f"{client.session.client_id}#1"
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_over_https_with_a_ca_file_or_an_ssl_context(
+    tmp_path_factory: pytest.TempPathFactory, mutual: bool
+) -> None:
+    from test_tls import Pki, _write  # its certificates, made at test time with trustme
+
+    tmp = tmp_path_factory.mktemp("client-pki")
+    pki = Pki(*_write(tmp, "node", trustme.CA()), *_write(tmp, "rogue", trustme.CA()))
+    (port,) = free_ports(1)
+    with LocalCluster(
+        1,
+        transport="http",
+        endpoints=[f"https://127.0.0.1:{port}"],
+        config={**pki.config(mutual=mutual), "client_token": TOKEN},
+        setup=setup,
+        checked=False,
+    ) as solo:
+        endpoint = solo.leader().raft_id
+        context = ssl.create_default_context(cafile=pki.ca)
+        context.load_cert_chain(pki.cert, pki.key)  # the client's certificate (mutual TLS)
+        with ClusterClient(endpoint, secret=TOKEN, tls=context) as client:
+            assert client.dict().set("tls", 1) is None
+            assert client.dict().get("tls") == 1
+        # The system's CAs do not know the test CA; a CA file alone has no client certificate
+        # for mutual TLS; no verification at all still connects (and warns).
+        cases = [(True, False), (pki.ca, not mutual)] + ([] if mutual else [(False, True)])
+        for tls, connects in cases:
+            with ClusterClient(endpoint, secret=TOKEN, tls=tls, timeout=1) as client:
+                if connects:
+                    assert client.status().leader == endpoint
+                else:
+                    with pytest.raises(LeaderUnreachableError):
+                        client.status()
