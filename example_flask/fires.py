@@ -14,6 +14,7 @@ Flask config keys or environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from catga_sync.fencing import claim, fence_column
 from catga_sync.jobs import JobContext, LeaderJobs
@@ -61,8 +63,10 @@ fence = Table(
 @cache
 def _engine(url: str) -> Engine:
     engine = create_engine(url)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+    # Another process (the leader, a test reading the table) may create them at the same time.
+    with contextlib.suppress(OperationalError):
+        metadata.create_all(engine)
+    with contextlib.suppress(IntegrityError), engine.begin() as conn:
         if conn.execute(select(fence.c.name).where(fence.c.name == FENCE_NAME)).first() is None:
             conn.execute(insert(fence).values(name=FENCE_NAME, fence_token=None))
     return engine

@@ -10,6 +10,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import click
@@ -345,7 +346,13 @@ def _gunicorn_process() -> str | None:
             if code.co_name == "setup":
                 return "master"
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    # Not in the worker's boot (cluster.start() from a request, say): a worker's parent is
+    # the arbiter, which the preloading master is not.
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return "worker" if b"gunicorn" in parent else None
 
 
 def stop_nodes(*, transfer: bool = True, timeout: Duration | None = None) -> None:
