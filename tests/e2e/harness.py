@@ -25,6 +25,7 @@ __all__ = [
     "ROOT",
     "ExampleCluster",
     "NodeProcess",
+    "children_of",
     "cluster_status",
     "free_ports",
     "get_json",
@@ -35,6 +36,27 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def children_of(pid: int, command_contains: str | None = None) -> set[int]:
+    """The live (not zombie) child processes of ``pid``, those whose command line holds
+    ``command_contains`` if given."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != pid or fields[0] == "Z":
+                continue
+            if command_contains and command_contains not in (entry / "cmdline").read_text(
+                errors="replace"
+            ):
+                continue
+        except OSError:
+            continue
+        found.add(int(entry.name))
+    return found
 
 
 def get_json(url: str, timeout: float = 1.0) -> tuple[int, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from .harness import ROOT, ExampleCluster, NodeProcess, cluster_status, poll
+from .harness import ROOT, ExampleCluster, NodeProcess, children_of, cluster_status, poll
 from .test_gunicorn_cluster import GunicornNode
 
 pytestmark = pytest.mark.e2e
@@ -55,18 +55,7 @@ class WorkersNode(GunicornNode):
 
     def workers(self) -> set[int]:
         """The pids of the master's live worker processes."""
-        children = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == self.master and fields[0] != "Z":
-                children.add(int(entry.name))
-        return children
+        return children_of(self.master)
 
     def host(self) -> int | None:
         """The pid the workers file names as hosting the node, if it is a live worker."""

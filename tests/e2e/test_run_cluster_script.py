@@ -14,7 +14,7 @@ from typing import IO
 
 import pytest
 
-from .harness import ROOT, free_ports, poll
+from .harness import ROOT, children_of, free_ports, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -22,18 +22,7 @@ SCRIPT = ROOT / "example_flask" / "run-cluster.sh"
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and "python" in (entry / "cmdline").read_text(errors="replace"):
-            found.append(int(entry.name))
-    return sorted(found)
+    return sorted(children_of(pid, "python"))
 
 
 def _gone(pid: int) -> bool:
