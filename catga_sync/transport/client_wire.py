@@ -10,6 +10,8 @@ on, under ``{url_prefix}/client`` (``/_catga/client`` by default).
 ``POST /client/locks/acquire``  ``{"name", "ttl", "wait", "owner", "holder"}``
 ``POST /client/locks/renew``    ``{"name", "token"}``
 ``POST /client/locks/release``  ``{"name", "token", "request_id"}``
+``POST /client/locks/cancel``   ``{"name", "holder"}``: an acquire given up on (leave the
+                                queue, or give back a grant that came too late)
 ==============================  ===============================================================
 
 A command entry is :func:`catga_sync.fsm.encode_command`'s bytes: its (client, seq) makes a
@@ -29,6 +31,7 @@ __all__ = [
     "HEADER_LEADER",
     "LEADERSHIP_PATH",
     "LOCK_ACQUIRE_PATH",
+    "LOCK_CANCEL_PATH",
     "LOCK_RELEASE_PATH",
     "LOCK_RENEW_PATH",
     "MAX_LONG_POLL",
@@ -46,6 +49,7 @@ QUERIES_PATH = f"{CLIENT_PATH}/queries"
 LOCK_ACQUIRE_PATH = f"{CLIENT_PATH}/locks/acquire"
 LOCK_RENEW_PATH = f"{CLIENT_PATH}/locks/renew"
 LOCK_RELEASE_PATH = f"{CLIENT_PATH}/locks/release"
+LOCK_CANCEL_PATH = f"{CLIENT_PATH}/locks/cancel"
 
 HEADER_LEADER = "X-Catga-Leader"
 """On every answer of a client route: the leader's endpoint as the node knows it (absent when

@@ -10,7 +10,8 @@ body checks of :mod:`catga_sync.web.bodies`: a bad body is a JSON 400 (413, 415)
 proposed. A command is the client's own entry bytes, so that its (client, seq) makes a retry
 through any node apply once; the node stamps it with its own clock. A lock acquired here
 leaves no thread behind: the node waits for the grant (:func:`~catga_sync.locks.wait_for_grant`)
-and answers the token, and the client renews it.
+and answers the token, and the client renews it; an acquire the client gave up on is
+cancelled by its holder id (``/client/locks/cancel``), so that no grant is left to expire.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from ..transport.client_wire import (
     HEADER_LEADER,
     LEADERSHIP_PATH,
     LOCK_ACQUIRE_PATH,
+    LOCK_CANCEL_PATH,
     LOCK_RELEASE_PATH,
     LOCK_RENEW_PATH,
     MAX_LONG_POLL,
@@ -309,6 +311,16 @@ def create_client_blueprint(
             table = table.with_request_id(f"lock-release:{request_id}")
         table.release(name, token)
         return jsonify(released=True, token=token)
+
+    @bp.route(LOCK_CANCEL_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def cancel() -> Response:
+        # The client gave up on an acquire (failed, timed out, interrupted): its holder leaves
+        # the queue, or gives back a grant that came too late. Cancelling twice is harmless.
+        body = body_object({"name", "holder"}, set())
+        name, holder = check_name(body["name"]), check_holder(body["holder"])
+        running_status()
+        node.state(LockTable).cancel(name, holder)
+        return jsonify(cancelled=True)
 
     _install_error_handlers(bp, lambda: node.status.leader_endpoint)
     return bp
