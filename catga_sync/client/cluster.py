@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,12 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..config_values import Duration, seconds
 from ..errors import (
     CatgaError,
+    ClientAuthError,
     CommitTimeoutError,
+    ConfigError,
     LeaderUnreachableError,
     LockNotAcquiredError,
     LockNotHeldError,
     NoLeaderError,
     NotLeaderError,
+    UsageError,
 )
 from ..fsm import Outcome, StateMachine
 from ..kv import ReplicatedDict
@@ -39,12 +44,19 @@ from ..transport.client_wire import (
     COMMANDS_PATH,
     LEADERSHIP_PATH,
     LOCK_ACQUIRE_PATH,
+    LOCK_CANCEL_PATH,
     LOCK_RELEASE_PATH,
     LOCK_RENEW_PATH,
     QUERIES_PATH,
     STATUS_PATH,
 )
-from .handles import LeadershipWatcher, RemoteHolding, RemoteStateHandle
+from .handles import (
+    LONG_POLL_SLACK,
+    LeadershipWatcher,
+    RemoteHolding,
+    RemoteStateHandle,
+    pause_between_polls,
+)
 from .http import ClientTransport, TlsOption
 from .status import ClientStatus
 
@@ -55,7 +67,14 @@ __all__ = ["ClientStatus", "ClusterClient"]
 
 M = TypeVar("M", bound=StateMachine)
 
+log = logging.getLogger("catga_sync.client")
+
 DEFAULT_TIMEOUT = 10.0
+CANCEL_TIMEOUT = 5.0
+"""Seconds at most spent cancelling an acquire given up on (it is best effort)."""
+MAX_CLIENT_ID = 120
+"""The longest ``client_id`` prefix (the session id, with its suffix, must fit the nodes'
+200 characters)."""
 
 
 class ClusterClient:
@@ -68,8 +87,9 @@ class ClusterClient:
     ``ClientToken``, sent as a bearer token (not the peers' secret). ``tls``: an SSLContext,
     the path of a CA file, True (the system's CAs) or False (no verification). ``timeout``:
     seconds any call may take, retries included, unless it is given its own. ``headers``: sent
-    with every request. ``client_id``: this client's identity for exactly-once commands
-    (default: a fresh random one per client).
+    with every request. ``client_id``: a prefix naming this client in the cluster's session
+    table (exactly-once commands); its session id is ``{client_id}-{random suffix}``, so two
+    clients never share a session (default: a random id).
 
     Requests go to the leader when it is known, else to any member (a follower forwards); a
     member that cannot be reached, or says the cluster cannot answer now, is left for the
@@ -92,7 +112,17 @@ class ClusterClient:
         self._transport = ClientTransport(
             endpoints, secret=secret, tls=tls, headers=headers, url_prefix=url_prefix
         )
-        self.session = ClientSession(client_id)
+        if client_id is not None and (
+            not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID
+        ):
+            raise ConfigError(
+                f"ClusterClient(client_id=...) is a prefix of 1 to {MAX_CLIENT_ID} characters"
+            )
+        # A prefix, never the whole id: two clients given the same client_id (two runs of one
+        # script) must not share a session, or the cluster would answer one's commands with the
+        # other's cached outcomes (same client, same seq) without applying them.
+        suffix = uuid.uuid4().hex
+        self.session = ClientSession(f"{client_id}-{suffix[:12]}" if client_id else suffix)
         """This client's identity and request numbers (exactly-once commands)."""
         self._watchers: list[LeadershipWatcher] = []
         self._lock = threading.Lock()
@@ -126,34 +156,43 @@ class ClusterClient:
     @property
     def leader(self) -> str | None:
         """The leader's endpoint as last seen; asks a node when none is known (None when no
-        node names one)."""
+        node names one). ClientAuthError when the nodes refuse the token."""
         leader = self._transport.leader
         if leader is None:
             try:
                 leader = self.status().leader
+            except ClientAuthError:
+                raise  # a wrong token is no unknown leader
             except CatgaError:
                 return None
         return leader
 
     def wait_for_leader(self, timeout: Duration) -> str:
-        """The leader's endpoint, once a node names one; NoLeaderError after ``timeout``."""
+        """The leader's endpoint, once a node names one; NoLeaderError after ``timeout``
+        (ClientAuthError at once when the nodes refuse the token)."""
         limit = seconds(timeout)
         deadline = time.monotonic() + limit
         seen: tuple[str, int] | None = None
         last: Exception | None = None
+        failures = 0
         while True:
-            remaining = deadline - time.monotonic()
+            started = time.monotonic()
+            remaining = deadline - started
             if remaining <= 0:
                 break
             try:
                 wait = min(remaining * 0.8, 5.0)  # answered before the deadline
-                status = self._long_poll(seen, wait, deadline=deadline)
+                status, member = self._long_poll(seen, wait, deadline=deadline)
+            except ClientAuthError:
+                raise  # no retry mends a wrong token
             except CatgaError as exc:
-                last, seen = exc, None
+                last, seen, failures = exc, None, failures + 1
+                pause_between_polls(self._transport.closed, started, failures, deadline)
                 continue
             if status.leader is not None:
                 return status.leader
-            seen = (status.endpoint, status.version)
+            seen, failures = (member, status.version), 0
+            pause_between_polls(self._transport.closed, started, failures, deadline)
         raise NoLeaderError(
             message=f"no node named a leader within {limit:g}s"
             + (f" (last: {last})" if last is not None else "")
@@ -170,11 +209,12 @@ class ClusterClient:
 
     def _long_poll(
         self, seen: tuple[str, int] | None, wait: float, *, deadline: float | None = None
-    ) -> ClientStatus:
+    ) -> tuple[ClientStatus, str]:
         """The status once it changed since ``seen`` (member, version): from that member
-        after a change or ``wait`` seconds; from any member at once when ``seen`` is None."""
-        if deadline is None:
-            deadline = time.monotonic() + wait + self.timeout
+        after a change or ``wait`` seconds; from any member at once when ``seen`` is None.
+        With the member to long-poll next."""
+        if deadline is None:  # a paused member is left after 2 s past the wait
+            deadline = time.monotonic() + wait + LONG_POLL_SLACK
         if seen is None:
             reply = self._transport.request("GET", STATUS_PATH, deadline=deadline)
         else:
@@ -189,7 +229,10 @@ class ClusterClient:
             )
         status = ClientStatus.from_json(reply.body)
         self._transport.note_leader(status.leader)
-        return status
+        # The next long poll goes to the member that answered: by the name it gives itself
+        # when that is a configured endpoint, else by the address asked (the token never goes
+        # to an address only a node named).
+        return status, self._transport.known(status.endpoint) or reply.endpoint
 
     # -- commands and queries ---------------------------------------------------------------------
 
@@ -197,7 +240,16 @@ class ClusterClient:
         """Run a command entry (:func:`catga_sync.fsm.encode_command`'s bytes) through the
         cluster and return its outcome. Sent again to another member on failure, the same
         bytes apply once (their client and seq). CommitTimeoutError (with ``request_id``)
-        when the outcome is still unknown at the timeout."""
+        when the outcome is still unknown at the timeout. UsageError, before anything is sent,
+        for an entry without its (client, seq): a retry of it could apply twice."""
+        rid = _request_id_of(data)
+        if rid is None:
+            raise UsageError(
+                "ClusterClient.submit() needs a command entry with its session: "
+                "encode_command(..., client=, seq=) (as client.state() makes them). Without "
+                "its client and seq, a command resent to another member after a lost answer "
+                "would be applied twice."
+            )
         limit = self.timeout if timeout is None else seconds(timeout)
         delivered: list[bool] = []
         body = {"command": base64.b64encode(data).decode("ascii")}
@@ -213,7 +265,6 @@ class ClusterClient:
         except (NotLeaderError, LeaderUnreachableError, CommitTimeoutError) as exc:
             if not delivered and not isinstance(exc, CommitTimeoutError):
                 raise  # never reached a node that could run it: not applied
-            rid = _request_id_of(data)
             raise CommitTimeoutError(
                 f"the command was not answered within {limit:g}s ({exc}); its outcome is "
                 "unknown. Retrying with the same request id is safe.",
@@ -288,25 +339,29 @@ class ClusterClient:
             # A retry waits what is left, so the node answers before this client gives up.
             return {**body, "wait": max(0.0, min(wait, remaining - _margin(remaining)))}
 
-        reply = self._transport.request(
-            "POST", LOCK_ACQUIRE_PATH, body=body, deadline=deadline, fit=fit, share=False
-        )
-        lease = Lease(
-            RemoteHolding(self),
-            name=name,
-            token=int(reply.body["token"]),
-            owner=str(reply.body.get("owner", owner)),
-            ttl=ttl_s,
-            sent=sent,
-            auto_renew=auto_renew,
-            clock=time.monotonic,
-        )
-        if lease.valid_until - time.monotonic() < ttl_s / 2:  # a long wait used up its clock
-            try:
-                lease.renew()
-            except LockNotHeldError as exc:
-                raise LockNotAcquiredError(f"lock {name!r} was lost at once: {exc}") from exc
-        lease._start()
+        try:
+            reply = self._transport.request(
+                "POST", LOCK_ACQUIRE_PATH, body=body, deadline=deadline, fit=fit, share=False
+            )
+            lease = Lease(
+                RemoteHolding(self),
+                name=name,
+                token=int(reply.body["token"]),
+                owner=str(reply.body.get("owner", owner)),
+                ttl=ttl_s,
+                sent=sent,
+                auto_renew=auto_renew,
+                clock=time.monotonic,
+            )
+            if lease.valid_until - time.monotonic() < ttl_s / 2:  # a long wait used its clock
+                try:
+                    lease.renew()
+                except LockNotHeldError as exc:
+                    raise LockNotAcquiredError(f"lock {name!r} was lost at once: {exc}") from exc
+            lease._start()
+        except BaseException:  # KeyboardInterrupt too: no grant may stay behind unclaimed
+            self._cancel(name, holder)
+            raise
         return lease
 
     def try_acquire(
@@ -332,10 +387,11 @@ class ClusterClient:
         ttl: Duration = DEFAULT_TTL,
         timeout: Duration | None = None,
         owner: str | None = None,
+        auto_renew: bool = True,
     ) -> Iterator[Lease]:
         """``with client.lock("nightly-report", ttl=30) as lease:`` — :meth:`acquire` on
         entry, release at exit; LockNotHeldError at exit if the lease was lost meanwhile."""
-        lease = self.acquire(name, ttl=ttl, timeout=timeout, owner=owner)
+        lease = self.acquire(name, ttl=ttl, timeout=timeout, owner=owner, auto_renew=auto_renew)
         with lease:
             yield lease
 
@@ -346,6 +402,20 @@ class ClusterClient:
             body={"name": name, "token": token},
             deadline=time.monotonic() + timeout,
         )
+
+    def _cancel(self, name: str, holder: str) -> None:
+        """Withdraw the acquire of ``holder`` (best effort): it leaves the queue, or gives back
+        a grant that came after this client gave up, so that the next waiter need not wait
+        for its TTL."""
+        try:
+            self._transport.request(
+                "POST",
+                LOCK_CANCEL_PATH,
+                body={"name": name, "holder": holder},
+                deadline=time.monotonic() + min(self.timeout, CANCEL_TIMEOUT),
+            )
+        except Exception as exc:  # the grant, if any, expires after its TTL
+            log.debug("cancelling the acquire of lock %r failed: %s", name, exc)
 
     def _release(self, name: str, token: int, request_id: str) -> None:
         self._transport.request(

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..errors import CatgaError
+from ..errors import CatgaError, ClientAuthError
 from ..fsm import Outcome, StateMachine
 from ..runtime.state import ClientSession, parse_request_id, run_command
 from .status import ClientStatus
@@ -39,7 +40,7 @@ class _Client(Protocol):
         timeout: float | None = None,
     ) -> Any: ...
 
-    def _long_poll(self, seen: tuple[str, int] | None, wait: float) -> ClientStatus: ...
+    def _long_poll(self, seen: tuple[str, int] | None, wait: float) -> tuple[ClientStatus, str]: ...
 
     def _renew(self, name: str, token: int, timeout: float) -> None: ...
 
@@ -48,6 +49,26 @@ class _Client(Protocol):
 
 WATCH_POLL = 10.0
 """Seconds one long poll of a leadership watch waits for a change (at most 30)."""
+LONG_POLL_SLACK = 2.0
+"""Seconds a long poll's answer may take past its wait before the member is taken for paused
+(and another one is asked)."""
+MIN_POLL_INTERVAL = 0.05
+"""Seconds at the least from one long poll to the next (a member that answers at once, or
+fails at once, is no busy loop)."""
+
+
+def pause_between_polls(
+    stopped: threading.Event, started: float, failures: int, deadline: float | None = None
+) -> None:
+    """Wait before the next poll: after ``failures`` in a row, a backoff (0.1 s, doubling, at
+    most 1 s); else what is left of :data:`MIN_POLL_INTERVAL` since ``started``. Never past
+    the (monotonic) ``deadline``; ends early when ``stopped`` is set."""
+    now = time.monotonic()
+    pause = min(0.05 * 2**failures, 1.0) if failures else MIN_POLL_INTERVAL - (now - started)
+    if deadline is not None:
+        pause = min(pause, deadline - now)
+    if pause > 0:
+        stopped.wait(pause)
 
 
 class RemoteStateHandle(Generic[M]):
@@ -135,6 +156,8 @@ class LeadershipWatcher:
         self._callback = callback
         self._stopped = threading.Event()
         self._calling = threading.RLock()
+        self.error: ClientAuthError | None = None
+        """Why the watch stopped by itself: the nodes refused the client's token."""
         self._thread = threading.Thread(target=self._run, name="catga-client-watch", daemon=True)
         self._thread.start()
 
@@ -160,23 +183,32 @@ class LeadershipWatcher:
     def _run(self) -> None:
         client = self._client
         last: tuple[object, ...] | None = None
+        last_term: int | None = None
         seen: tuple[str, int] | None = None  # (the member asked, its version)
         failures = 0
+        started = time.monotonic()
         while not self._stopped.is_set() and not client.closed:
+            if last is not None or failures:
+                pause_between_polls(self._stopped, started, failures)
+            started = time.monotonic()
             try:
-                status = client._long_poll(seen, WATCH_POLL)
+                status, member = client._long_poll(seen, WATCH_POLL)
+            except ClientAuthError as exc:  # no retry mends a wrong token: stop, say so once
+                self.error = exc
+                self._stopped.set()
+                log.error("leadership watch stopped: %s", exc)
+                return
             except CatgaError as exc:
                 failures += 1
                 seen = None
                 log.debug("leadership watch: no node answered: %s", exc)
-                self._stopped.wait(min(0.05 * 2**failures, 1.0))
                 continue
             failures = 0
-            seen = (status.endpoint, status.version)
+            seen = (member, status.version)
             current = (status.leader, status.term)
-            if current == last:
-                continue
-            last = current
+            if current == last or (last_term is not None and status.term < last_term):
+                continue  # unchanged, or a member behind the term already reported
+            last, last_term = current, status.term
             with self._calling:
                 if self._stopped.is_set():
                     return

@@ -47,8 +47,8 @@ from ..transport.forward_client import _maybe_delivered
 __all__ = ["CONNECT_TIMEOUT", "ClientTransport", "Reply", "TlsOption"]
 
 TlsOption = ssl.SSLContext | str | bool | None
-"""``tls=``: an SSLContext, the path of a CA file, True (the system's CAs), False (no check),
-None (the system's CAs)."""
+"""``tls=``: an SSLContext (its CAs alone), the path of a CA file, True or None (requests' CA
+bundle: certifi's, or ``REQUESTS_CA_BUNDLE``), False (no check)."""
 
 CONNECT_TIMEOUT = 2.0
 """Seconds a connection to one member may take before the next member is tried."""
@@ -76,6 +76,15 @@ class _ContextAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._context
         super().init_poolmanager(*args, **kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: object, cert: object) -> None:
+        # requests' own version sets ca_certs to certifi's bundle when verify is True, and
+        # urllib3 then loads it into the context: the caller's context would trust every CA
+        # of certifi's besides its own. The context alone decides (it is not changed here).
+        if url.lower().startswith("https"):
+            conn.cert_reqs = self._context.verify_mode  # urllib3 sets it back on the context
+            conn.ca_certs = None
+            conn.ca_cert_dir = None
 
 
 class ClientTransport:
@@ -135,21 +144,36 @@ class ClientTransport:
         return self._leader
 
     def note_leader(self, leader: object) -> None:
+        """Follow a node's leader hint, when it names one of the configured endpoints: the
+        bearer token never goes to an address only a node named (None: no leader known)."""
         if not self.follow_leader:
             return
-        if leader is None or isinstance(leader, str):
-            self._leader = leader or None
+        if leader is None or leader == "":
+            self._leader = None
+        elif isinstance(leader, str):
+            known = self.known(leader)
+            if known is not None:
+                self._leader = known
+
+    def known(self, endpoint: object) -> str | None:
+        """``endpoint`` normalized, when it is one of the configured endpoints; else None."""
+        try:
+            normalized = normalize_or_reason(endpoint)
+        except (ValueError, TypeError):
+            return None
+        return normalized if normalized in self.endpoints else None
 
     def candidates(self) -> Iterator[str]:
         """The members to try, in order: the leader when known, then the others, starting
         from another one each time (so that a dead member is not always asked first)."""
         leader = self._leader
+        endpoints = list(self.endpoints)  # a snapshot: retarget() may replace them meanwhile
         if leader is not None:
             yield leader
-        count = len(self.endpoints)
+        count = len(endpoints)
         first = next(self._start) % count
         for k in range(count):
-            endpoint = self.endpoints[(first + k) % count]
+            endpoint = endpoints[(first + k) % count]
             if endpoint != leader:
                 yield endpoint
 
@@ -233,7 +257,8 @@ class ClientTransport:
                     maybe_delivered=_maybe_delivered(exc),
                 )
             ) from None
-        self.note_leader(response.headers.get(HEADER_LEADER))
+        if response.status_code != 401:  # a refused token learns nothing to go on with
+            self.note_leader(response.headers.get(HEADER_LEADER))
         try:
             answer = response.json()
         except ValueError:
