@@ -84,8 +84,9 @@ class ClusterClient:
     routes (``{url_prefix}/client``, :mod:`catga_sync.transport.client_wire`).
 
     ``endpoints``: one or more nodes (``http://node0:5000``). ``secret``: the nodes'
-    ``ClientToken``, sent as a bearer token (not the peers' secret). ``tls``: an SSLContext,
-    the path of a CA file, True (the system's CAs) or False (no verification). ``timeout``:
+    ``ClientToken``, sent as a bearer token (not the peers' secret). ``tls``: an SSLContext
+    (its CAs alone), the path of a CA file, True (requests' CA bundle, certifi's) or False (no
+    verification). ``timeout``:
     seconds any call may take, retries included, unless it is given its own. ``headers``: sent
     with every request. ``client_id``: a prefix naming this client in the cluster's session
     table (exactly-once commands); its session id is ``{client_id}-{random suffix}``, so two

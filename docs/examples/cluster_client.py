@@ -4,8 +4,9 @@ Run it: ``python docs/examples/cluster_client.py`` (a few seconds). It starts a 
 cluster in this process (each node serving its endpoint on a loopback port, with a client
 token), then plays three programs that are not members of it:
 
-- a **cron script** that runs a nightly report once, whichever host's cron fires first, and
-  writes its result to a SQL table under the lock's fencing token;
+- a **cron script** that runs a nightly report once a night, whichever host's cron fires
+  first (it records the date under the lock, so a later run that gets the lock again does
+  nothing), and writes its result to a SQL table under the lock's fencing token;
 - a **Celery task** that runs under a lease (the pattern: a decorator around the task body;
   Celery itself is not needed to run the example);
 - a **service watching the leader**, which hears of a leadership change.
@@ -17,7 +18,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, s
 from catga_sync.client import ClientStatus, ClusterClient
 from catga_sync.config import ClusterConfig
 from catga_sync.fencing import claim, fence_column, fenced_update
+from catga_sync.kv import ReplicatedDict
 from catga_sync.locks import Lease
 from catga_sync.node import ClusterNode
 from catga_sync.storage import MemoryStorage
@@ -46,17 +48,25 @@ reports = Table(
 # -- 1. a cron script ------------------------------------------------------------------------
 
 
-def nightly_report(cluster: ClusterClient, engine: Engine) -> None:
-    """``0 2 * * * python nightly_report.py`` on every host: one of them runs the report."""
+def nightly_report(cluster: ClusterClient, engine: Engine, night: date) -> bool:
+    """``0 2 * * * python nightly_report.py`` on every host: one of them runs the report of
+    ``night``. True if this run made it."""
     lease = cluster.try_acquire("nightly-report", ttl=60, owner=socket.gethostname())
     if lease is None:
         print("cron: another host holds nightly-report; nothing to do")
-        return
-    with lease:  # released at the end of the block
-        print(f"cron: running the report under fencing token {lease.token}")
+        return False
+    with lease:  # released at the end of the block: a later run may get the lock again
+        # The lock says "one at a time", not "once": record the night under it, so that a
+        # host whose cron fires after the report was made (late, or a retry) does nothing.
+        fired = cluster.dict().compare_and_set(f"report:{night}", None, lease.token)
+        if not fired:
+            print(f"cron: the report of {night} was already made; nothing to do")
+            return False
+        print(f"cron: running the report of {night} under fencing token {lease.token}")
         with engine.begin() as conn:
             claim(conn, reports, {"id": "nightly"}, lease.token)  # older tokens now refused
             fenced_update(conn, reports, {"id": "nightly"}, {"status": "done"}, lease.token)
+    return True
 
 
 # -- 2. a Celery task under a lease ------------------------------------------------------------
@@ -106,11 +116,15 @@ def make_task(cluster: ClusterClient) -> Callable[..., int]:
 
 def watch_the_leader(cluster: ClusterClient, changed: threading.Event) -> Callable[[], None]:
     """Route writes to the leader's region, say: the callback runs at once with the current
-    status, then on every change of leader or term (a long poll, no busy loop)."""
+    status, then on every change of leader or term (a long poll, no busy loop). ``changed``
+    is set once a leader of a later term than the first callback's is seen."""
+    first: list[int] = []
 
     def on_change(status: ClientStatus) -> None:
         print(f"watch: leader {status.leader_id or 'none'} in term {status.term}")
-        if status.term > 1 and status.leader_id is not None:
+        if not first:
+            first.append(status.term)
+        elif status.term > first[0] and status.leader_id is not None:
             changed.set()
 
     watch = cluster.watch_leadership(on_change)
@@ -145,6 +159,7 @@ def main() -> None:
         for k, endpoint in enumerate(endpoints)
     ]
     for node in nodes:
+        node.register(ReplicatedDict())  # the cron script's record of the nights it ran
         node.start()
     try:
         with tempfile.TemporaryDirectory(prefix="catga-client-") as state:
@@ -164,7 +179,9 @@ def run(endpoints: list[str], nodes: list[ClusterNode], engine: Engine) -> None:
         leader = cluster.wait_for_leader(10)
         print(f"the leader is {leader}")
 
-        nightly_report(cluster, engine)
+        night = date.today()
+        assert nightly_report(cluster, engine, night)
+        assert not nightly_report(cluster, engine, night)  # a second run that night: no-op
         with engine.begin() as conn:
             row = conn.execute(select(reports.c.status, reports.c.fence_token)).one()
         print(f"reports: {row.status}, written with token {row.fence_token}")
