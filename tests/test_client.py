@@ -259,6 +259,15 @@ def test_a_leader_hint_naming_an_unknown_host_is_not_followed() -> None:
             assert seen and not stranger.asked
 
 
+def test_candidates_are_a_snapshot_of_the_endpoints() -> None:
+    given = ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]
+    with ClusterClient(given) as client:
+        members = client.transport.candidates()
+        first = next(members)
+        client.transport.retarget("http://127.0.0.1:4", {})  # meanwhile, from another thread
+        assert sorted([first, *members]) == given
+
+
 def test_wait_for_leader_gives_up_with_no_leader_error() -> None:
     (port,) = free_ports(1)
     with ClusterClient(f"http://127.0.0.1:{port}", timeout=0.5) as nobody:
@@ -440,6 +449,11 @@ def test_a_lease_is_lost_when_a_renewal_is_refused_or_its_ttl_passes(
     paused = client.acquire("not-renewed", ttl=0.3, auto_renew=False)
     assert paused.lost.wait(WAIT)
     assert "TTL ran out" in (paused.lost_reason or "")
+    with (
+        pytest.raises(LockNotHeldError, match="lost before its release"),
+        client.lock("not-renewed-block", ttl=0.3, auto_renew=False) as unrenewed,
+    ):
+        assert unrenewed.lost.wait(WAIT)  # lock() passes auto_renew on
 
 
 def test_a_waiter_that_gives_up_leaves_no_grant_behind(
