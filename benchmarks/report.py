@@ -14,9 +14,14 @@ import platform
 import shlex
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from etcd_cluster import INSTALL_HINT, SNAPSHOT_COUNT, etcd_version
+
+T = TypeVar("T")
 
 SWEEP_THREADS = (1, 2, 4, 8, 16)
 # First match wins: catga_sync over HTTP gets a colour of its own.
@@ -137,6 +142,38 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def etcd_phase(etcd: str, clients: str, bench: Callable[[], T | str]) -> T | None:
+    """Run ``bench`` (which starts its etcd cluster) if ``etcd`` runs here, with a line that
+    says what is measured (``clients``), or a line that says why not; its figures or None."""
+    version = etcd_version(etcd)
+    if version is None:
+        print(f"\netcd: skipped, cannot run {etcd!r} (to install it: {INSTALL_HINT})")
+        return None
+    print(
+        f"\netcd {version}: 3 processes, defaults (fsync per write), --snapshot-count "
+        f"{SNAPSHOT_COUNT}; {clients}"
+    )
+    result = bench()
+    if isinstance(result, str):
+        print(f"etcd: {result}")
+        return None
+    return result
+
+
+def plot_title(script: str, measured: Collection[str], etcd: str, runs: int) -> str:
+    """``locks.py: catga_sync, etcd 3.4.23, PySyncObj 0.3.17; AMD EPYC, 2 cores; ...``."""
+    systems = ", ".join(
+        name
+        for key, name in (
+            ("catga", "catga_sync"),
+            ("etcd", f"etcd {etcd_version(etcd)}"),
+            ("pysyncobj", f"PySyncObj {version_of('pysyncobj')}"),
+        )
+        if key in measured
+    )
+    return f"{script}: {systems}; {short_machine()}; runs per figure: {runs}"
+
+
 def matplotlib_available() -> bool:
     try:
         import matplotlib  # noqa: F401
@@ -174,6 +211,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy  # matplotlib's own dependency
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), width_ratios=(1.35, 1))
     labels = [label for label, values in latencies.items() if values]
@@ -186,10 +224,9 @@ def plot(
         patch.set_alpha(0.55)
     tops, bottoms = [], []
     for k, values in enumerate(data, start=1):
-        ordered = sorted(values)
-        median = ordered[len(ordered) // 2]
-        tops.append(ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)])
-        bottoms.append(ordered[len(ordered) // 100])
+        bottom, median, top = numpy.percentile(values, (1, 50, 99))  # as the whiskers
+        tops.append(top)
+        bottoms.append(bottom)
         left.annotate(
             f"{median:.2f}",
             (k, tops[-1]),

@@ -46,18 +46,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_node import Counter, catga_node, pysyncobj_counter
 from etcd_cluster import (
-    INSTALL_HINT,
-    SNAPSHOT_COUNT,
     Gateway,
     b64,
     etcd_cluster,
-    etcd_version,
     wait_or_kill,
 )
 from report import (
@@ -65,14 +63,14 @@ from report import (
     SWEEP_THREADS,
     Comparison,
     command_line,
+    etcd_phase,
     exit_on_sigterm,
     load_line,
     machine_line,
     matplotlib_available,
     plot,
+    plot_title,
     ratio_block,
-    short_machine,
-    version_of,
 )
 
 from catga_sync.node import ClusterNode
@@ -397,45 +395,73 @@ def bench_http(args: argparse.Namespace, state: Path) -> Figures | str:
 # PySyncObj, in-process
 
 
-def bench_pysyncobj(args: argparse.Namespace, state: Path) -> Figures | str:
+def pysyncobj_missing() -> str | None:
     try:
         import pysyncobj  # noqa: F401
     except ImportError:
         return "skipped: PySyncObj is not installed (pip install pysyncobj)"
+    return None
+
+
+def pysyncobj_retrying(call: Callable[[], Any], retries: list[int]) -> Callable[[], Any]:
+    """``call`` again when PySyncObj drops it (a leader change), as our ``submit()`` does;
+    ``retries[0]`` counts the drops."""
     from pysyncobj import SyncObjException
 
+    def retrying() -> Any:
+        for attempt in range(50):
+            try:
+                return call()
+            except SyncObjException:
+                retries[0] += 1
+                time.sleep(0.005 * min(attempt + 1, 20))
+        raise RuntimeError("PySyncObj dropped a command 50 times")
+
+    return retrying
+
+
+def pysyncobj_leader(counter: Any) -> str | None:
+    found = counter.getStatus()["leader"]
+    return None if found is None else str(found)
+
+
+def pysyncobj_lead(counter: Any, group: Peers, endpoint: str) -> None:
+    """Wait for a PySyncObj leader and make ``counter`` (at ``endpoint``) the leader."""
+    poll(
+        lambda: pysyncobj_leader(counter) is not None and counter.isReady(),
+        30,
+        "a PySyncObj leader",
+    )
+    deadline = time.monotonic() + 30
+    while pysyncobj_leader(counter) != endpoint:
+        assert time.monotonic() < deadline, "could not make the local node the leader"
+        group.transfer_to(endpoint)
+        time.sleep(1)
+
+
+def pysyncobj_follow(counter: Any, endpoint: str) -> None:
+    counter.transferLeadership()
+    poll(lambda: pysyncobj_leader(counter) not in (None, endpoint), 10, "another PySyncObj leader")
+
+
+def bench_pysyncobj(args: argparse.Namespace, state: Path) -> Figures | str:
+    missing = pysyncobj_missing()
+    if missing:
+        return missing
     retries = [0]
     ports = free_ports(3)
     endpoints = [f"127.0.0.1:{p}" for p in ports]
     with peers("pysyncobj", endpoints, state) as group:
         counter = pysyncobj_counter(endpoints[0], endpoints)
         try:
-
-            def leader() -> str | None:
-                found = counter.getStatus()["leader"]
-                return None if found is None else str(found)
-
-            def increment() -> object:
-                # Like our submit(), retry a command its leader dropped (a leader change).
-                for attempt in range(50):
-                    try:
-                        return counter.increment(1, sync=True, timeout=10)
-                    except SyncObjException:
-                        retries[0] += 1
-                        time.sleep(0.005 * min(attempt + 1, 20))
-                raise RuntimeError("PySyncObj dropped a command 50 times")
-
-            poll(lambda: leader() is not None and counter.isReady(), 30, "a PySyncObj leader")
-            deadline = time.monotonic() + 30
-            while leader() != endpoints[0]:
-                assert time.monotonic() < deadline, "could not make the local node the leader"
-                group.transfer_to(endpoints[0])
-                time.sleep(1)
+            increment = pysyncobj_retrying(
+                lambda: counter.increment(1, sync=True, timeout=10), retries
+            )
+            pysyncobj_lead(counter, group, endpoints[0])
             increment()
             at_leader, rates = measure(args, increment, lambda: increment, (args.threads,))
             points = sweep(args, lambda: increment)
-            counter.transferLeadership()
-            poll(lambda: leader() not in (None, endpoints[0]), 10, "another PySyncObj leader")
+            pysyncobj_follow(counter, endpoints[0])
             increment()
             at_follower, _ = measure(args, increment, None)
             notes = [f"commands PySyncObj dropped, retried: {retries[0]}"] if retries[0] else []
@@ -644,41 +670,22 @@ def main() -> None:
                 results["pysyncobj"] = theirs
                 print_figures(theirs, on="follower")
     if "etcd" not in skip:
-        version = etcd_version(args.etcd)
-        if version is None:
-            print(f"\netcd: skipped, cannot run {args.etcd!r} (to install it: {INSTALL_HINT})")
-        else:
-            print(
-                f"\netcd {version}: 3 processes, defaults (fsync per write), --snapshot-count "
-                f"{SNAPSHOT_COUNT}; puts through the HTTP/JSON gateway, one keep-alive "
-                "connection per client thread"
-            )
-            from_etcd = bench_etcd(args)
-            if isinstance(from_etcd, str):
-                print(f"etcd: {from_etcd}")
-            else:
-                results["etcd"] = from_etcd
-                print_figures(from_etcd, on="via follower", what="put")
+        from_etcd = etcd_phase(
+            args.etcd,
+            "puts through the HTTP/JSON gateway, one keep-alive connection per client thread",
+            lambda: bench_etcd(args),
+        )
+        if from_etcd is not None:
+            results["etcd"] = from_etcd
+            print_figures(from_etcd, on="via follower", what="put")
     print()
     for other, block in comparisons(results, args.threads).items():
         for line in ratio_block(other, block):
             print(line)
     print(load_line("after"))
     if args.plot:
-        systems = ", ".join(
-            name
-            for key, name in (
-                ("catga", "catga_sync"),
-                ("etcd", f"etcd {etcd_version(args.etcd)}"),
-                ("pysyncobj", f"PySyncObj {version_of('pysyncobj')}"),
-            )
-            if key in results
-        )
-        write_plot(
-            args.plot,
-            results,
-            f"throughput.py: {systems}; {short_machine()}; {args.runs} runs per figure",
-        )
+        title = plot_title("throughput.py", results, args.etcd, args.runs)
+        write_plot(args.plot, results, title)
         print(f"picture: {args.plot}")
 
 
