@@ -366,7 +366,19 @@ def order_poster(port: int) -> Callable[[], object]:
     return post
 
 
-def bench_http(args: argparse.Namespace, state: Path) -> Figures | str:
+def bench_http(args: argparse.Namespace, state: Path, attempts: int = 2) -> Figures | str:
+    """The example app's ``POST /orders``; measured again (``attempts`` in all) when the leader
+    changed meanwhile, as it can on a loaded machine at the guide's 150 ms election timeout."""
+    outcome: Figures | str = "skipped: not measured"
+    for attempt in range(1, attempts + 1):
+        outcome = http_once(args, state / f"attempt{attempt}")
+        if not isinstance(outcome, str) or "leader changed" not in outcome:
+            break
+        print(f"HTTP POST /orders: the leader changed during attempt {attempt} of {attempts}")
+    return outcome
+
+
+def http_once(args: argparse.Namespace, state: Path) -> Figures | str:
     state.mkdir(parents=True)
     cluster = ExampleCluster(state)
     cluster.start()
