@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from etcd_cluster import INSTALL_HINT, SNAPSHOT_COUNT, etcd_version
 
@@ -110,6 +110,12 @@ def ratio_line(
         met = value is not None and (value <= aim if kind == "latency" else value >= aim)
         target = f"; aim {bound} {aim:.1f}: {'met' if met else 'not met'}"
     return f"  {what}: {shown} ({meaning[kind]}{target})"
+
+
+def growth(values: Sequence[float]) -> str:
+    """``1.00x / 1.25x / 2.10x``: each value as a multiple of the first."""
+    first = values[0] if values else 0
+    return " / ".join(f"{v / first:.2f}x" if first else "n/a" for v in values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +272,13 @@ def plot(
     right.set_title(sweep_title, fontsize=10)
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
+    save(figure, title, path)
+
+
+def save(figure: Any, title: str, path: str) -> None:
+    """Title ``figure``, write it to ``path`` as a PNG and free it."""
+    import matplotlib.pyplot as plt
+
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -15,7 +15,7 @@ import pytest
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from etcd_cluster import Member, b64, member_command, members_on
-from report import Comparison, command_line, ratio_block, ratio_line
+from report import Comparison, command_line, growth, ratio_block, ratio_line
 
 
 def test_members_take_their_ports_two_by_two() -> None:
@@ -80,3 +80,8 @@ def test_a_ratio_block_leaves_out_what_was_not_measured() -> None:
 def test_the_command_line_is_the_one_to_type_again() -> None:
     argv = [str(Path(__file__).resolve().parents[1] / "benchmarks" / "locks.py"), "--ops", "3"]
     assert command_line(argv) == "command: python benchmarks/locks.py --ops 3"
+
+
+def test_growth_is_each_figure_over_the_first() -> None:
+    assert growth([2.0, 2.5, 4.2]) == "1.00x / 1.25x / 2.10x"
+    assert growth([0.0, 1.0]) == "n/a / n/a"
