@@ -48,21 +48,23 @@ def _proc_field(path: str, name: str) -> str | None:
     return None
 
 
+def cpu_model() -> str:
+    return _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU"
+
+
 def machine_line() -> str:
     """``machine: AMD EPYC, 2 cores, 23.4 GiB RAM, Linux 6.1.0 x86_64, Python 3.11.7``."""
-    cpu = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU"
     mem = _proc_field("/proc/meminfo", "MemTotal")
     ram = f"{int(mem.split()[0]) / 2**20:.1f} GiB RAM" if mem else "RAM unknown"
     return (
-        f"machine: {cpu}, {os.cpu_count()} cores, {ram}, {platform.system()} "
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {ram}, {platform.system()} "
         f"{platform.release()} {platform.machine()}, Python {platform.python_version()}"
     )
 
 
 def short_machine() -> str:
     """``AMD EPYC, 2 cores``, for a picture's title."""
-    cpu = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU"
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def version_of(distribution: str) -> str:
