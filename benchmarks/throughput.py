@@ -511,7 +511,7 @@ def bench_etcd(args: argparse.Namespace) -> Figures | str:
 
 def print_figures(figures: Figures, *, on: str, what: str = "in-process") -> None:
     def row(label: str, text: str) -> None:
-        print(f"{label + ':':<36} {text}")
+        print(f"{label + ':':<40} {text}")
 
     row(f"{what}, leader, sequential", figures.leader.line())
     row(f"{what}, {on}, sequential", figures.follower.line())
