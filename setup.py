@@ -62,6 +62,8 @@ setup(
             "pyyaml>=6",
         ],
         "docs": ["sphinx>=7", "furo"],
+        # benchmarks/ only (--plot): never imported by catga_sync
+        "bench": ["matplotlib>=3.6"],
     },
     classifiers=[
         "Development Status :: 3 - Alpha",

@@ -9,6 +9,7 @@ the benchmark can make its own node the leader or a follower.
     python benchmarks/bench_node.py catga --endpoint http://127.0.0.1:7001 \\
         --members http://127.0.0.1:7000,http://127.0.0.1:7001,... --node-id node1 --state DIR
     python benchmarks/bench_node.py pysyncobj --endpoint 127.0.0.1:7101 --members ...
+    python benchmarks/bench_node.py pysyncobj-locks ...   (with PySyncObj's ReplLockManager)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from catga_sync.config import ClusterConfig
 from catga_sync.fsm import StateMachine, command, query
 from catga_sync.node import ClusterNode
+
+LOCK_TTL = 30.0  # seconds, the locks benchmarks' TTL on every side
 
 
 class Counter(StateMachine):
@@ -66,24 +69,34 @@ def catga_node(
     return node
 
 
-def pysyncobj_counter(endpoint: str, members: Sequence[str]) -> Any:
-    """A PySyncObj node with a ``@replicated`` counter, ``appendEntriesUseBatch=False``.
+def pysyncobj_counter(endpoint: str, members: Sequence[str], *, with_locks: bool = False) -> Any:
+    """A PySyncObj node with a ``@replicated`` counter, ``appendEntriesUseBatch=False``; with
+    ``with_locks``, also PySyncObj's own ``ReplLockManager`` (as its ``lock_manager``), which
+    every member of the cluster must then have.
 
     Imported lazily: PySyncObj is not a dependency of catga_sync.
     """
     from pysyncobj import SyncObj, SyncObjConf, replicated
+    from pysyncobj.batteries import ReplLockManager
 
     class PsoCounter(SyncObj):  # type: ignore[misc]
         def __init__(self) -> None:
             others = [m for m in members if m != endpoint]
             conf = SyncObjConf(appendEntriesUseBatch=False)
             self.value = 0  # before the node starts applying
-            super().__init__(endpoint, others, conf)
+            self.lock_manager = ReplLockManager(autoUnlockTime=LOCK_TTL) if with_locks else None
+            consumers = [self.lock_manager] if self.lock_manager is not None else None
+            super().__init__(endpoint, others, conf, consumers=consumers)
 
         @replicated  # type: ignore[misc]
         def increment(self, by: int = 1) -> int:
             self.value += by
             return self.value
+
+        def destroy(self) -> None:
+            if self.lock_manager is not None:
+                self.lock_manager.destroy()
+            super().destroy()
 
     return PsoCounter()
 
@@ -102,7 +115,7 @@ def serve_commands(transfer: Callable[[str], None], done: threading.Event) -> No
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=("catga", "pysyncobj"))
+    parser.add_argument("kind", choices=("catga", "pysyncobj", "pysyncobj-locks"))
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--members", required=True, help="comma-separated, this node included")
     parser.add_argument("--node-id", default="node")
@@ -123,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         stop = node.stop
     else:
-        counter = pysyncobj_counter(args.endpoint, members)
+        counter = pysyncobj_counter(
+            args.endpoint, members, with_locks=args.kind == "pysyncobj-locks"
+        )
 
         def transfer(target: str) -> None:
             counter.transferLeadership(target)

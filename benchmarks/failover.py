@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report import command_line, load_line, machine_line
 
 from tests.e2e.harness import ExampleCluster, NodeProcess, poll
 
@@ -122,9 +123,11 @@ def main() -> None:
         "--heartbeat-interval",
         args.heartbeat_interval,
     ]
+    print(machine_line())
+    print(command_line())
+    print(load_line("before"))
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}; election {float(args.election_timeout) * 1000:.0f} ms, "
+        f"election {float(args.election_timeout) * 1000:.0f} ms, "
         f"heartbeat {float(args.heartbeat_interval) * 1000:.0f} ms; SQLite FULL"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +156,7 @@ def main() -> None:
             if not burn:
                 print("idle CPU per node (% of a core): " + ", ".join(f"{c:.2f}" for c in cpu))
                 print("RSS per node (MiB): " + ", ".join(f"{r:.1f}" for r in rss))
+    print(load_line("after"))
 
 
 if __name__ == "__main__":
