@@ -74,6 +74,11 @@ class Cluster(LocalCluster):
             setup=_with_machines,
             committed_leader=True,
             wait=WAIT,
+            # Nothing here is about elections: a timeout that two busy test workers on two
+            # cores do not trip keeps the leader, so that a linearizable query (which fails at
+            # once while no leader is known) does not meet an election (CI: 1 in ~2,000).
+            election_timeout=0.5,
+            heartbeat_interval=0.1,
         )
 
 

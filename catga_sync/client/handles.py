@@ -194,9 +194,9 @@ class LeadershipWatcher:
             try:
                 status, member = client._long_poll(seen, WATCH_POLL)
             except ClientAuthError as exc:  # no retry mends a wrong token: stop, say so once
+                log.error("leadership watch stopped: %s", exc)  # said before it looks stopped
                 self.error = exc
                 self._stopped.set()
-                log.error("leadership watch stopped: %s", exc)
                 return
             except CatgaError as exc:
                 failures += 1
