@@ -92,10 +92,6 @@ def make_cluster(size: int = 3, token: str | None = TOKEN) -> LocalCluster:
         config={"client_token": token},
         setup=setup,
         wait=WAIT,
-        # The tests ask "the leader" and then the client: at the guide's 150 ms a loaded test
-        # machine elects another in between (1 run in 7 with another suite beside it).
-        election_timeout=0.5,
-        heartbeat_interval=0.1,
     )
 
 
