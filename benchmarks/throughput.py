@@ -185,11 +185,42 @@ def concurrent(
     return len(flat), elapsed, flat
 
 
+class Batching:
+    """What the leader's Raft loop did during the throughput runs only (not the sequential
+    ones): entries per Ready, and per synced write (an fsync)."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.entries = self.readies = self.fsyncs = 0
+        self._at: tuple[int, int, int] = (0, 0, 0)
+
+    def _now(self) -> tuple[int, int, int]:
+        stats = self.node.stats
+        return stats.entries_persisted, stats.readies, sum(stats.persist_latency_seconds.counts)
+
+    def begin(self) -> None:
+        self._at = self._now()
+
+    def end(self) -> None:
+        now = self._now()
+        self.entries += now[0] - self._at[0]
+        self.readies += now[1] - self._at[1]
+        self.fsyncs += now[2] - self._at[2]
+
+    def note(self) -> str:
+        return (
+            f"during the 16-thread runs, entries per Ready on the leader: "
+            f"{self.entries / max(1, self.readies):.1f}, per fsync: "
+            f"{self.entries / max(1, self.fsyncs):.1f}"
+        )
+
+
 def measure(
     args: argparse.Namespace,
     call: Callable[[], object],
     make_call: Callable[[], Callable[[], object]] | None,
     threads: Sequence[int] = (),
+    batching: Batching | None = None,
 ) -> tuple[Latency, dict[int, Rate]]:
     """``args.runs`` runs of: ``args.ops`` sequential calls, then ``args.seconds`` of each
     number of ``threads`` (each thread with its own ``make_call()``)."""
@@ -198,7 +229,11 @@ def measure(
         latency.runs.append(sequential(call, args.ops))
         for n, rate in rates.items():
             assert make_call is not None
+            if batching is not None:
+                batching.begin()
             rate.runs.append(concurrent(make_call, n, args.seconds))
+            if batching is not None:
+                batching.end()
     return latency, rates
 
 
@@ -329,17 +364,14 @@ def bench_catga(args: argparse.Namespace, state: Path) -> Figures:
         try:
             counter = node.state(Counter)
             local_leader(node, group)
-            readies_before, persisted_before = node.stats.readies, node.stats.entries_persisted
+            batching = Batching(node)
             leader, rates = measure(
-                args, counter.increment, lambda: counter.increment, (args.threads,)
-            )
-            batch = (node.stats.entries_persisted - persisted_before) / max(
-                1, node.stats.readies - readies_before
+                args, counter.increment, lambda: counter.increment, (args.threads,), batching
             )
             points = sweep(args, lambda: counter.increment)
             local_follower(node)
             follower, _ = measure(args, counter.increment, None)
-            note = f"entries per Ready on the leader: {batch:.1f}"
+            note = batching.note()
             return Figures(leader, follower, rates, points, [note])
         finally:
             node.stop()

@@ -48,21 +48,21 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "messages sent before the persist (votes and acks leave before the disk has them)",
         "catga_sync/runtime/loop.py",
-        "            self._persist(ready)  # 1. persist\n"
+        "            self._persister.persist(ready)  # 1. persist (a commit index alone: later)\n"
         "            stats.entries_persisted += len(ready.entries)\n"
         "            stats.bytes_persisted += sum(len(e.data) for e in ready.entries)\n"
         "            if ready.messages:  # 2. send\n"
         "                outbox.send(ready.messages)\n",
         "            if ready.messages:  # 2. send (MUTATED: before the persist)\n"
         "                outbox.send(ready.messages)\n"
-        "            self._persist(ready)  # 1. persist\n"
+        "            self._persister.persist(ready)  # 1. persist\n"
         "            stats.entries_persisted += len(ready.entries)\n"
         "            stats.bytes_persisted += sum(len(e.data) for e in ready.entries)\n",
         (f"{CONTRACT}::test_no_vote_or_acknowledgement_leaves_before_the_disk_has_it",),
     ),
     Mutation(
         "hard-state-only changes (a new term, a vote) not written",
-        "catga_sync/runtime/loop.py",
+        "catga_sync/runtime/persister.py",
         "        if not ready.entries and ready.snapshot is None:\n"
         "            if changed is None:\n"
         "                return\n",
@@ -72,11 +72,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "every write without an fsync (terms, votes and entries too)",
-        "catga_sync/runtime/loop.py",
-        "            sync=sync,\n"
-        "        )\n",
-        "            sync=False,  # MUTATED: nothing is fsynced\n"
-        "        )\n",
+        "catga_sync/runtime/persister.py",
+        "        self._write(changed, ready, sync=True)\n",
+        "        self._write(changed, ready, sync=False)  # MUTATED: nothing is fsynced\n",
         (f"{CONTRACT}::test_no_vote_or_acknowledgement_leaves_before_the_disk_has_it",),
     ),
     Mutation(
@@ -97,11 +95,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "an exception from persist() swallowed (the loop goes on)",
-        "catga_sync/runtime/loop.py",
+        "catga_sync/runtime/persister.py",
         "                self._storage.persist(**write)\n",
         "                try:  # MUTATED: a failed persist is logged and forgotten\n"
         "                    self._storage.persist(**write)\n"
-        "                except StorageError:\n"
+        "                except Exception:\n"
         "                    log.exception('persist failed')\n",
         (f"{CONTRACT}::test_a_persist_that_raises_stops_the_node_and_fails_its_callers",),
     ),
@@ -115,10 +113,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "Lease.is_valid() without its own TTL clock check",
         "catga_sync/locks/lease.py",
-        '            and self._watch.state == "granted"\n'
+        "            and self._holding.granted()\n"
         "            and self._clock() < self._valid_until\n"
         "        )\n",
-        '            and self._watch.state == "granted"\n'
+        "            and self._holding.granted()\n"
         "        )  # MUTATED: the TTL clock check removed\n",
         (f"{CONTRACT}::test_a_lease_is_invalid_past_its_ttl_even_while_its_keeper_sleeps",),
     ),
@@ -136,6 +134,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            if self.config.check_quorum and not self._quorum_recently_active():\n",
         "            if False:  # MUTATED: check-quorum removed\n",
         (f"{FAULTS}::test_an_isolated_leader_steps_down_and_its_leader_work_stops",),
+    ),
+    # The persister (runtime/persister.py), added with the deferred commit-index write.
+    Mutation(
+        "a new term or vote deferred like a commit index (written unsynced, after the messages)",
+        "catga_sync/runtime/persister.py",
+        "            if (changed.term, changed.vote) == (written.term, written.vote):\n",
+        "            if True:  # MUTATED: any hard state alone waits for the end of the batch\n",
+        (f"{CONTRACT}::test_no_vote_or_acknowledgement_leaves_before_the_disk_has_it",),
     ),
 )
 # fmt: on

@@ -24,6 +24,7 @@ from catga_sync.raft import (
     EntryType,
     HardState,
     Heartbeat,
+    HeartbeatResponse,
     InstallSnapshot,
     Membership,
     Message,
@@ -31,6 +32,7 @@ from catga_sync.raft import (
     RaftConfig,
     RaftCore,
     Ready,
+    Role,
     Snapshot,
     SnapshotMeta,
     SnapshotResponse,
@@ -386,3 +388,137 @@ def test_restart_skips_what_the_application_already_applied() -> None:
 def test_broken_storage_is_refused_naming_the_node(persisted: PersistedState, problem: str) -> None:
     with pytest.raises(ValueError, match=f"cannot restart node 'b'.*{problem}"):
         _core("b", persisted)
+
+
+# -- ticks_until_due: how long a driver may sleep ----------------------------------------------
+
+
+def _quiet_ticks_then_action(core: RaftCore) -> None:
+    """The ticks before the due one change nothing a driver sees; the due one acts."""
+    due = core.ticks_until_due()
+    assert due >= 1
+    for _ in range(due - 1):
+        before = _state(core)
+        core.tick()
+        assert _state(core) == before and not core.has_ready()
+    role = core.soft_state.role
+    core.tick()
+    assert core.has_ready() or core.soft_state.role is not role
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_follower_may_sleep_until_its_election_timeout(seed: int) -> None:
+    core = RaftCore(RaftConfig("b", ABC), rng=random.Random(seed))
+    core.step(AppendEntries(1, "a", "b", 0, 0, (Entry(1, 1),), commit=1))
+    drain(core)
+    assert core.ticks_until_due() == core.randomized_election_timeout
+    core.tick()
+    core.tick()
+    assert core.ticks_until_due() == core.randomized_election_timeout - 2
+    _quiet_ticks_then_action(core)  # the election timeout: it campaigns (a pre-vote)
+
+
+def test_a_leader_may_sleep_until_its_next_heartbeat_or_quorum_check() -> None:
+    core = _leader_a()
+    for _ in range(core.config.election_ticks * 2 // core.config.heartbeat_ticks):
+        assert core.ticks_until_due() <= core.config.heartbeat_ticks
+        _quiet_ticks_then_action(core)  # a heartbeat to each follower
+        drain(core)
+        for follower in ("b", "c"):  # they answer: the quorum check passes
+            core.step(HeartbeatResponse(1, follower, "a"))
+        drain(core)
+    assert core.soft_state.role is Role.LEADER
+
+
+def test_a_leader_that_hands_over_counts_every_tick() -> None:
+    core = _leader_a()
+    core.transfer_leadership("b")
+    drain(core)
+    assert core.ticks_until_due() == 1
+
+
+# -- learn_commit: a forwarded proposal's answer carries its commit ------------------------------
+
+
+def test_a_follower_commits_up_to_an_entry_the_leader_says_is_committed() -> None:
+    core = _follower_b()  # entries 1, 2 committed
+    core.step(AppendEntries(1, "a", "b", 2, 1, (Entry(3, 1, b"y"), Entry(4, 1, b"z")), commit=2))
+    drain(core)
+    assert core.commit_index == 2
+    core.learn_commit(3, 1)
+    assert core.commit_index == 3 and core.has_ready()
+    ready = core.ready()
+    assert [e.index for e in ready.committed_entries] == [3]
+    core.advance(ready)
+    core.learn_commit(4, 2)  # another term at that index: not our entry, nothing learned
+    assert core.commit_index == 3
+    core.learn_commit(2, 1)  # old news
+    assert core.commit_index == 3
+
+
+def test_a_commit_learned_before_its_entry_arrives_waits_for_it() -> None:
+    core = _follower_b()
+    core.learn_commit(4, 1)  # the answer came before the AppendEntries that carries entry 4
+    assert core.commit_index == 2 and not core.has_ready()
+    core.step(AppendEntries(1, "a", "b", 2, 1, (Entry(3, 1, b"y"),), commit=2))
+    drain(core)
+    assert core.commit_index == 2  # entry 4 is not here yet
+    core.step(AppendEntries(1, "a", "b", 3, 1, (Entry(4, 1, b"z"), Entry(5, 1, b"w")), commit=2))
+    assert core.commit_index == 4  # up to the entry it was told of, not beyond
+
+
+def test_a_leader_ignores_a_learned_commit() -> None:
+    core = _leader_a()
+    core.propose(b"x")
+    drain(core)
+    before = core.commit_index
+    core.learn_commit(core.log.last_index, 1)
+    assert core.commit_index == before
+
+
+def _leader_a_of_five_tick_heartbeats() -> RaftCore:
+    """Like :func:`_leader_a`, with the runtime's ticks: heartbeats every 5, elections 15."""
+    config = RaftConfig("a", ABC, election_ticks=15, heartbeat_ticks=5)
+    core = elect(RaftCore(config, rng=random.Random(0)))
+    for follower in ("b", "c"):
+        core.step(AppendResponse(1, follower, "a", index=1))
+    drain(core)
+    return core
+
+
+def test_a_follower_that_acknowledged_an_append_late_in_the_interval_gets_no_heartbeat() -> None:
+    core = _leader_a_of_five_tick_heartbeats()
+    beat = core.config.heartbeat_ticks
+    for _ in range(beat):  # a first round: both acknowledged the no-op early in it
+        core.tick()
+    assert sorted(m.to for m in drain(core) if isinstance(m, Heartbeat)) == ["b", "c"]
+    for _ in range(beat - 1):
+        core.tick()  # late in the next interval
+    core.propose(b"x")
+    drain(core)
+    core.step(AppendResponse(1, "b", "a", index=2))  # b took it; c says nothing
+    drain(core)
+    core.tick()
+    beats = [m.to for m in drain(core) if isinstance(m, Heartbeat)]
+    assert beats == ["c"]  # c's append may be lost: its heartbeat still goes
+    for _ in range(beat):
+        core.tick()
+    beats = [m.to for m in drain(core) if isinstance(m, Heartbeat)]
+    assert beats == ["b", "c"]  # nothing acknowledged since: both
+
+
+def test_an_append_acknowledged_early_in_the_interval_does_not_skip_the_heartbeat() -> None:
+    """Skipping then would leave the follower almost two intervals without a word."""
+    core = _leader_a_of_five_tick_heartbeats()
+    beat = core.config.heartbeat_ticks
+    for _ in range(beat):
+        core.tick()
+    drain(core)
+    core.propose(b"x")  # right after the round
+    drain(core)
+    core.step(AppendResponse(1, "b", "a", index=2))
+    core.step(AppendResponse(1, "c", "a", index=2))
+    drain(core)
+    for _ in range(beat):
+        core.tick()
+    assert sorted(m.to for m in drain(core) if isinstance(m, Heartbeat)) == ["b", "c"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
@@ -41,6 +42,8 @@ from .messages import (
 MAX_INDEX = 2**63 - 1
 """Terms and indexes above this are absurd (and do not fit a SQL BIGINT)."""
 MAX_NODE_ID_LENGTH = 255
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""What a node id may not hold (C0 and C1 controls, DEL)."""
 MAX_CONTEXT_LENGTH = 1024
 
 WIRE_NAMES: dict[type[Message], str] = {
@@ -240,7 +243,7 @@ class _Reader:
 
     def node_id(self, key: str) -> str:
         value = self.string(key, max_length=MAX_NODE_ID_LENGTH)
-        if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in value):
+        if _CONTROL_CHARACTERS.search(value):
             raise InvalidMessageError(f"{self.where}.{key}: control characters in a node id")
         return value
 

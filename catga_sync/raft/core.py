@@ -149,6 +149,8 @@ class RaftCore:
         self._pending_reads: dict[str, _PendingRead] = {}
         self._read_rounds = 0
         self._reads_awaiting_commit: list[tuple[str, NodeId | None]] = []
+        self._commit_hint = (0, 0)
+        """(index, term) of an entry a leader said is committed, not in our log yet."""
         self._read_states: list[ReadState] = []
         self._messages: list[Message] = []
         self._early_messages: list[Message] = []
@@ -175,6 +177,27 @@ class RaftCore:
         if self._outstanding is not None:
             raise RuntimeError("tick() between ready() and advance()")
         self._tick()
+
+    def ticks_until_due(self) -> int:
+        """How many :meth:`tick` calls may pass before one does something (at least 1): the
+        election timeout of a follower or candidate; the next heartbeat or quorum check of a
+        leader. A driver may sleep that long instead of waking for every tick; it must then run
+        the ticks that elapsed before it steps the messages that woke it (they only count, and a
+        heartbeat resets the count after them; a vote request's answer depends on it)."""
+        config = self.config
+        if self._tick == self._tick_election:
+            if not self.is_voter:
+                return config.election_ticks  # it never campaigns: any bound will do
+            return max(1, self.randomized_election_timeout - self.election_elapsed)
+        if self._farewells or self.lead_transferee is not None:
+            return 1  # counted down on every tick
+        return max(
+            1,
+            min(
+                config.heartbeat_ticks - self.heartbeat_elapsed,
+                config.election_ticks - self.election_elapsed,
+            ),
+        )
 
     def step(self, message: Message) -> None:
         """Feed a message from a peer. Raises :class:`InvalidMessageError`, changing nothing,
@@ -228,6 +251,19 @@ class RaftCore:
         entry = self._append(EntryType.CONFIG, [data])[0]
         self._broadcast_append()
         return entry
+
+    def learn_commit(self, index: int, term: int) -> None:
+        """A leader said the entry at ``index``, of ``term``, is committed (its answer to a
+        proposal this node forwarded). Commit up to it as soon as our log holds that entry
+        (now, or with the AppendEntries that brings it): by the Log Matching Property our log
+        then equals the leader's up to ``index``. A follower learns its own command's commit
+        this way without waiting for the leader's next AppendEntries. A leader ignores it."""
+        if self.role is Role.LEADER or index <= self.log.committed:
+            return
+        if self.log.match_term(index, term):
+            self.log.commit_to(index)
+        elif index > self._commit_hint[0]:
+            self._commit_hint = (index, term)
 
     def read_index(self, context: str) -> None:
         """Ask for a linearizable read; a :class:`ReadState` with ``context`` comes in a later
@@ -704,6 +740,9 @@ class RaftCore:
         truncations = self.log.truncations
         last_new = self.log.maybe_append(m.prev_index, m.prev_term, m.commit, m.entries)
         if last_new is not None:
+            hint_index, hint_term = self._commit_hint
+            if hint_index > self.log.committed and self.log.match_term(hint_index, hint_term):
+                self.log.commit_to(hint_index)
             if truncations != self.log.truncations or self.log.has_config_entry(m.entries):
                 self._refresh_membership()
             self._send(AppendResponse(self.term, self.id, m.frm, index=last_new))
@@ -830,6 +869,8 @@ class RaftCore:
                 self._send_append(m.frm)
             return
         was_paused = progress.is_paused()
+        if 2 * self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+            progress.appended = True  # it heard from us lately: this round's heartbeat can go
         if not progress.maybe_update(m.index):
             return
         if m.frm in self._farewells and progress.match >= self.pending_config_index:
@@ -946,10 +987,21 @@ class RaftCore:
             self._step_down(StepDownReason.REMOVED, self.term, successor)
 
     def _broadcast_heartbeat(self, context: str) -> None:
+        """Heartbeat every follower; a periodic one (no read context) skips a follower that
+        acknowledged an AppendEntries in the second half of the interval: that reset its
+        election timer at most half an interval ago, so it hears from us at least every 1.5
+        heartbeat intervals (the election timeout is more than two), and under a stream of
+        commands the followers get appends and commit notices, no heartbeats. A lost
+        AppendEntries gets no acknowledgement, so its follower's heartbeat still goes (and its
+        answer makes the leader send again)."""
         for node in sorted(self.progress):
             if node == self.id:
                 continue
-            commit = min(self.progress[node].match, self.log.committed)
+            progress = self.progress[node]
+            if not context and progress.appended:
+                progress.appended = False
+                continue
+            commit = min(progress.match, self.log.committed)
             self._send(Heartbeat(self.term, self.id, node, commit, context), early=True)
 
     def _quorum_recently_active(self) -> bool:

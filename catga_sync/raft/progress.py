@@ -21,6 +21,7 @@ class ProgressState(enum.Enum):
 
 class Progress:
     __slots__ = (
+        "appended",
         "inflight",
         "match",
         "max_inflight",
@@ -38,6 +39,9 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.recent_active = True
+        self.appended = False
+        """It acknowledged an AppendEntries in the second half of the heartbeat interval: the
+        next heartbeat is not needed (``RaftCore._broadcast_heartbeat``)."""
         self.pending_snapshot = 0
         self.snapshot_offset = 0
         self.inflight: deque[int] = deque()

@@ -8,6 +8,7 @@ waits on a future, with a timeout.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["NodeCalls"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("catga_sync.node")
 
 _RETRYABLE = (NotLeaderError, ProposalDroppedError, ForwardingError, CommitTimeoutError)
 
@@ -81,20 +84,24 @@ class NodeCalls:
         """
         return self.propose_indexed(data, timeout=timeout)[1]
 
-    def propose_indexed(
-        self, data: bytes, *, timeout: Duration | None = None, origin: str | None = None
-    ) -> tuple[int, Any]:
-        """Like :meth:`propose`, and also return the entry's log index. ``origin``: the Raft id
-        of the follower that forwarded the proposal, which then learns of its commit at once
-        (its caller waits until the follower applied it), not with the next AppendEntries."""
+    def propose_indexed(self, data: bytes, *, timeout: Duration | None = None) -> tuple[int, Any]:
+        """Like :meth:`propose`, and also return the entry's log index."""
+        index, _, result = self.propose_forwarded(data, timeout=timeout)
+        return index, result
+
+    def propose_forwarded(
+        self, data: bytes, *, timeout: Duration | None = None
+    ) -> tuple[int, int, Any]:
+        """Like :meth:`propose`; return the entry's index and term too, which a follower that
+        forwarded it learns its commit from (``RaftCore.learn_commit``)."""
         timeout = self._default_timeout(timeout)
         deadline = time.monotonic() + timeout
         if not isinstance(data, bytes):
             raise TypeError(f"a proposal must be bytes, not {type(data).__name__}")
-        proposal = Proposal(data, origin)
-        index, applied = self._on_loop(proposal, proposal.future, timeout)
+        proposal = Proposal(data)
+        index, term, applied = self._on_loop(proposal, proposal.future, timeout)
         try:
-            return index, applied.result(max(0.0, deadline - time.monotonic()))
+            return index, term, applied.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             raise CommitTimeoutError(
                 f"the proposal was not applied within {timeout:.2f}s; its outcome is unknown. "
@@ -129,7 +136,12 @@ class NodeCalls:
             if leader is None or leader == self.raft_id:
                 raise NoLeaderError()
             sent = True
-            index, outcome = self._proposal_client().forward(leader, data, remaining)
+            index, term, outcome = self._proposal_client().forward(leader, data, remaining)
+            loop = self._loop
+            if term is not None and loop is not None:  # the answer carries the commit
+                learn = Call(lambda core: core.learn_commit(index, term))
+                learn.future.add_done_callback(_log_failure)
+                loop.put(learn)
             self.wait_applied(index, max(0.0, deadline - time.monotonic()))
             return Outcome.from_json(outcome)
 
@@ -312,6 +324,13 @@ class NodeCalls:
         loop = self._loop
         if loop is not None:
             loop.wake()
+
+
+def _log_failure(future: Future[Any]) -> None:
+    """Nobody waits for a learned commit: a failure there is a bug, said loudly."""
+    error = future.exception()
+    if error is not None:
+        log.error("learning a commit from the leader's answer failed: %r", error)
 
 
 def _stop_at(deadline: float) -> tenacity.stop.stop_base:

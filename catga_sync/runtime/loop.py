@@ -11,9 +11,11 @@ so that no vote and no acknowledgement leaves before the disk has it (the Ready 
 :class:`~catga_sync.raft.Ready`). Leader replication traffic (``Ready.early_messages``) may
 leave before the persist: the leader's own persist then counts as its acknowledgement.
 
-Time: the core counts ticks. The loop runs every tick that elapsed on the monotonic clock after
-each batch and sleeps on its inbox until the next tick is due, so a late wake-up costs no time.
-Late ticks are counted in the stats, never logged one by one.
+Time: the core counts ticks. The loop sleeps on its inbox until the first tick that does
+something (``RaftCore.ticks_until_due``: an idle follower wakes for its heartbeats and its
+election timeout, not a hundred times a second) and runs every tick that elapsed on the
+monotonic clock: the quiet ones before a batch's messages, the due ones after them. Ticks that
+run later than planned are counted in the stats, never logged one by one.
 
 Logs: what the core reports in ``Ready.events`` becomes one line each on ``catga_sync.raft``
 (:mod:`~catga_sync.runtime.eventlog`), after the batch is applied; each message sent and
@@ -33,11 +35,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CatgaError, ProposalDroppedError, StorageError, StorageUnavailableError
+from ..errors import CatgaError, ProposalDroppedError, StorageError
 from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, Ready
 from ..storage.base import Storage
-from .eventlog import EventLog, SlowWrites, message_log
+from .eventlog import EventLog, message_log
 from .outbox import Outbox, ReplySlot
+from .persister import Persister
 from .status import NodeStats, count_events
 
 __all__ = ["TICK", "Call", "Proposal", "RaftLoop"]
@@ -53,7 +56,6 @@ STOP = object()
 class _Waiter:
     term: int
     future: Future[Any]
-    origin: str | None = None
     proposed: float = 0.0
 
 
@@ -75,11 +77,11 @@ class Call:
 class Proposal:
     """A command for the log. The loop appends every proposal it drains in one go
     (``propose_many``): one entry batch, one AppendEntries per follower, one fsync. The future
-    gets ``(index, applied)``: the entry's index, and a future of what the applier returned."""
+    gets ``(index, term, applied)``: the entry's index and term, and a future of what the
+    applier returned."""
 
     data: bytes
-    origin: str | None = None
-    future: Future[tuple[int, Future[Any]]] = field(default_factory=Future)
+    future: Future[tuple[int, int, Future[Any]]] = field(default_factory=Future)
     created: float = field(default_factory=time.monotonic)
 
 
@@ -112,7 +114,6 @@ class RaftLoop:
     ) -> None:
         self.node_id = node_id
         self.core = core
-        self._storage = storage
         self.outbox = outbox
         self._stats = stats
         self._apply_entry = apply
@@ -121,7 +122,6 @@ class RaftLoop:
         self._snapshot_every = snapshot_every
         self._published = published
         self._events = EventLog(node_id, name_of)
-        self._written_hard = hard_state
         self._commit_published = -1
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiters: dict[int, _Waiter] = {}
@@ -131,12 +131,19 @@ class RaftLoop:
         self._tick_seconds = tick_seconds
         self._tick_origin = time.monotonic()
         self._ticks_done = 0
-        # A write slower than half an election timeout starves the loop's ticks and heartbeats.
-        self._slow_writes = SlowWrites(node_id, core.config.election_ticks * tick_seconds / 2)
+        self._wake_tick = 1
         self.failure: BaseException | None = None
-        self.storage_unavailable: str | None = None
-        """Why the database is unreachable while a write waits for it (None: it is not)."""
         self._stop_requested = threading.Event()
+        self._persister = Persister(
+            node_id,
+            storage,
+            stats,
+            hard_state=hard_state,
+            # A write slower than half an election timeout starves the loop's ticks and heartbeats.
+            slow_seconds=core.config.election_ticks * tick_seconds / 2,
+            published=published,
+            stopping=self._stop_requested,
+        )
         self._stop_error: BaseException = CatgaError(f"node {node_id} stopped")
         self._exit_lock = threading.Lock()
         self._exited = False
@@ -174,6 +181,11 @@ class RaftLoop:
                 self._exit_callbacks.append(callback)
                 return
         callback()
+
+    @property
+    def storage_unavailable(self) -> str | None:
+        """Why the database is unreachable while a write waits for it (None: it is not)."""
+        return self._persister.storage_unavailable
 
     def put(self, event: object) -> None:
         """Queue a peer message, a :class:`Call`, a :class:`Proposal`, a reply slot or TICK."""
@@ -224,7 +236,8 @@ class RaftLoop:
         """Handle events, batch by batch, until STOP."""
         core, inbox, tick = self.core, self._inbox, self._tick_seconds
         while True:
-            wake = self._tick_origin + (self._ticks_done + 1) * tick
+            self._wake_tick = self._ticks_done + core.ticks_until_due()
+            wake = self._tick_origin + self._wake_tick * tick
             parked = self.outbox.next_deadline()
             if parked is not None:
                 wake = min(wake, parked)
@@ -234,6 +247,7 @@ class RaftLoop:
                 event = TICK
             if event is STOP:
                 return
+            self._tick(core, quiet=True)
             self._handle(core, event)
             # Drain what else arrived, so one Ready (one transaction) covers the batch.
             for _ in range(4096):
@@ -244,6 +258,7 @@ class RaftLoop:
                 if event is STOP:
                     self._append_proposals(core)
                     self._process_ready(core)
+                    self._persister.write_commit(stopping=True)
                     return
                 self._handle(core, event)
             self._append_proposals(core)
@@ -252,6 +267,7 @@ class RaftLoop:
             self.outbox.flush_due(time.monotonic())
             if self.outbox.has_open_slots:
                 self.outbox.close_slots()
+            self._persister.write_commit()  # after the answers: off every caller's path
 
     def _handle(self, core: RaftCore, event: object) -> None:
         if event is TICK:
@@ -295,21 +311,27 @@ class RaftLoop:
                 proposal.future.set_exception(exc)
             return
         for proposal, entry in zip(batch, entries, strict=True):
-            waiter = _Waiter(entry.term, Future(), proposal.origin, proposal.created)
-            if proposal.origin is not None:
-                self.outbox.expect_commit(proposal.origin)
+            waiter = _Waiter(entry.term, Future(), proposal.created)
             self._waiters[entry.index] = waiter
-            proposal.future.set_result((entry.index, waiter.future))
+            proposal.future.set_result((entry.index, entry.term, waiter.future))
 
-    def _tick(self, core: RaftCore) -> None:
-        """Run the ticks that elapsed on the monotonic clock since the last ones."""
-        due = int((time.monotonic() - self._tick_origin) / self._tick_seconds) - self._ticks_done
+    def _tick(self, core: RaftCore, *, quiet: bool = False) -> None:
+        """Run the ticks that elapsed on the monotonic clock since the last ones; ``quiet``:
+        only those before the planned wake-up, which do nothing but count. Those run before a
+        batch's messages, as if the loop had woken for each (a heartbeat resets the election
+        timer after them, a vote request sees how long the leader has been silent); the rest
+        run after its messages, so a heartbeat that queued up beats a late election timeout."""
+        elapsed = int((time.monotonic() - self._tick_origin) / self._tick_seconds)
+        if quiet:
+            elapsed = min(elapsed, self._wake_tick - 1)
+        due = elapsed - self._ticks_done
         if due <= 0:
             return
-        if due > 1:
-            self._stats.late_ticks += due - 1
+        planned = max(1, self._wake_tick - self._ticks_done)  # quiet ticks slept through
+        if due > planned:
+            self._stats.late_ticks += due - planned
         # After a long pause (SIGSTOP, a debugger) one election timeout's worth is enough.
-        for _ in range(min(due, core.config.election_ticks)):
+        for _ in range(min(due, planned + core.config.election_ticks)):
             core.tick()
         self._ticks_done += due
         self._stats.ticks += due
@@ -325,7 +347,7 @@ class RaftLoop:
             stats.readies += 1
             if ready.early_messages:
                 outbox.send(ready.early_messages)
-            self._persist(ready)  # 1. persist
+            self._persister.persist(ready)  # 1. persist (a commit index alone: later)
             stats.entries_persisted += len(ready.entries)
             stats.bytes_persisted += sum(len(e.data) for e in ready.entries)
             if ready.messages:  # 2. send
@@ -346,73 +368,6 @@ class RaftLoop:
             self._commit_published = core.commit_index
             self._published(membership)
 
-    def _persist(self, ready: Ready) -> None:
-        """Persist ``ready``; a change of the commit index alone without an fsync.
-
-        Raft keeps the commit index volatile (a restarted node learns it again from the
-        leader), so a Ready whose only durable change is the commit index is written without
-        flushing it to disk (:meth:`Storage.persist` with ``sync=False``): that saves one fsync
-        per command on every node, and the commit index still survives a crash of the process
-        (``kill -9``), so a restarted node serves its local reads from the state it had.
-        A power loss may roll it back, which Raft allows.
-        """
-        hard = ready.hard_state
-        written = self._written_hard
-        changed = hard if hard is not None and hard != written else None
-        if not ready.entries and ready.snapshot is None:
-            if changed is None:
-                return
-            sync = (changed.term, changed.vote) != (written.term, written.vote)
-            if not sync:
-                self._stats.commit_only_writes_unsynced += 1
-        else:
-            sync = True
-        started = time.monotonic()
-        self._persist_until_reachable(
-            hard_state=changed,
-            entries=ready.entries,
-            snapshot=ready.snapshot,
-            snapshot_replaces_log=ready.apply_snapshot,
-            sync=sync,
-        )
-        if changed is not None:
-            self._written_hard = changed
-        took = time.monotonic() - started
-        if sync:
-            self._stats.persist_latency_seconds.observe(took)
-        if took >= self._slow_writes.threshold and not self.storage_unavailable:
-            self._slow_writes.note(took)
-
-    def _persist_until_reachable(self, **write: Any) -> None:
-        """Persist; while the database server is unreachable, retry the same write (it is
-        idempotent: the same entries, hard state and snapshot again) instead of failing the
-        node, so a restart of the server does not stop every node that uses it. Meanwhile the
-        loop sends nothing (nothing leaves before the disk has it) and the status says so.
-        Any other failure — a full disk, an I/O error, a failed fsync — is never retried: it
-        stops the node (retrying a failed fsync proves nothing)."""
-        pause = 0.05
-        while True:
-            try:
-                self._storage.persist(**write)
-            except StorageUnavailableError as exc:
-                if not self.storage_unavailable:
-                    self.storage_unavailable = str(exc)
-                    log.error(
-                        "node %s: storage unavailable, not acknowledging until it is back: %s",
-                        self.node_id,
-                        exc,
-                    )
-                    self._published(None)
-                if self._stop_requested.wait(pause):
-                    raise
-                pause = min(pause * 2, 1.0)
-                continue
-            if self.storage_unavailable:
-                self.storage_unavailable = None
-                log.warning("node %s: storage is back; the node goes on", self.node_id)
-                self._published(None)
-            return
-
     def _apply(self, ready: Ready) -> None:
         if ready.apply_snapshot and ready.snapshot is not None:
             self._restore(ready.snapshot.data)
@@ -427,8 +382,6 @@ class RaftLoop:
             waiter = self._waiters.pop(entry.index, None)
             if waiter is None:
                 continue
-            if waiter.origin is not None:
-                self.outbox.commit_seen(waiter.origin)
             if waiter.term == entry.term:
                 self._stats.commit_latency_seconds.observe(time.monotonic() - waiter.proposed)
             if waiter.term != entry.term:

@@ -7,7 +7,6 @@ handler thread of a timed-out peer request calls (hence the slot lock).
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from collections.abc import Sequence
@@ -44,8 +43,6 @@ class Outbox:
         self._slot_lock = threading.Lock()
         self._parked: dict[str, tuple[AppendEntries, float]] = {}
         """Commit notices held back, by peer, with the time they must leave by."""
-        self._awaiting_commit: collections.Counter[str] = collections.Counter()
-        """Followers with forwarded proposals not yet applied: their commit notices go now."""
 
     # -- reply slots --------------------------------------------------------------------------
 
@@ -77,17 +74,6 @@ class Outbox:
 
     # -- commit notices -----------------------------------------------------------------------
 
-    def expect_commit(self, origin: str) -> None:
-        """Follower ``origin`` forwarded a proposal and waits for its commit notice."""
-        self._awaiting_commit[origin] += 1
-
-    def commit_seen(self, origin: str) -> None:
-        left = self._awaiting_commit[origin] - 1
-        if left > 0:
-            self._awaiting_commit[origin] = left
-        else:
-            del self._awaiting_commit[origin]
-
     def next_deadline(self) -> float | None:
         """When the earliest held-back commit notice must leave (None: none is held)."""
         if not self._parked:
@@ -105,7 +91,6 @@ class Outbox:
     def clear(self) -> None:
         """The node stops or failed: answer open requests, forget what is held."""
         self.close_slots()
-        self._awaiting_commit.clear()
         self._parked.clear()
 
     # -- sending ------------------------------------------------------------------------------
@@ -131,9 +116,6 @@ class Outbox:
                 out.append(message)
                 continue
             held = parked.pop(message.to, None)
-            if not message.entries and self._awaiting_commit.get(message.to):
-                out.append(message)  # that follower forwarded a proposal: it waits for this
-                continue
             if not message.entries:  # a newer notice replaces an older one, keeping its clock
                 parked[message.to] = (message, held[1] if held else now + self._delay)
                 self._stats.commit_notices_parked += 1

@@ -46,7 +46,6 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -60,7 +59,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -75,6 +73,7 @@ from ..errors import ConfigError, InvalidMessageError, StorageError, StorageUnav
 from ..raft import Entry, EntryType, HardState, PersistedState, Snapshot
 from ..raft.codec import membership_to_dict, snapshot_meta_from_dict
 from ._common import LogBounds, check_loaded, check_node_id, recovery_steps
+from .columns import Blob
 from .ownership import (
     FileOwnership,
     Ownership,
@@ -111,9 +110,6 @@ _BATCH_BYTES = 4 << 20
 
 _SCHEMA_VERSION_KEY = "schema_version"
 _OWNER_KEY = "owner"
-
-# MySQL's BLOB holds 64 KiB; entries and snapshots need LONGBLOB (4 GiB).
-_Binary = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +165,7 @@ def build_tables(table_prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         Column("idx", BigInteger, primary_key=True, autoincrement=False),
         Column("term", BigInteger, nullable=False),
         Column("type", String(16), nullable=False),
-        Column("data", _Binary, nullable=False),
+        Column("data", Blob(), nullable=False),
     )
     snapshot = Table(
         f"{p}snapshot",
@@ -178,7 +174,7 @@ def build_tables(table_prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         Column("idx", BigInteger, nullable=False),
         Column("term", BigInteger, nullable=False),
         Column("membership", Text, nullable=False),
-        Column("data", _Binary, nullable=False),
+        Column("data", Blob(), nullable=False),
     )
     return Tables(metadata, meta, hard_state, log_table, snapshot)
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     CommitTimeoutError,
@@ -32,6 +30,11 @@ from ..errors import (
 from ..tls import TlsClient
 from .signing import signed_headers
 from .wire import HEADER_NODE, HEADER_SENDER
+
+if TYPE_CHECKING:
+    import requests
+else:
+    from .._lazy import requests
 
 __all__ = [
     "ADMIN_MEMBERS_PATH",

@@ -53,9 +53,9 @@ class InlineReplyReceiver(Protocol):
 class ProposalReceiver(Protocol):
     """A node that takes proposals forwarded by followers (when it leads)."""
 
-    def propose_indexed(
-        self, data: bytes, *, timeout: float | None = None, origin: str | None = None
-    ) -> tuple[int, Any]:
-        """Append ``data``, wait until applied; return its index and its outcome. ``origin``
-        is the Raft id of the follower that forwarded it (it waits for the commit too)."""
+    def propose_forwarded(
+        self, data: bytes, *, timeout: float | None = None
+    ) -> tuple[int, int, Any]:
+        """Append ``data``, wait until applied; return its index, its term and its outcome
+        (the follower that forwarded it commits up to that entry once it holds it)."""
         ...

@@ -14,8 +14,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-import requests
-
 from ..errors import (
     CommitTimeoutError,
     ForwardingError,
@@ -33,6 +31,11 @@ from ..tls import TlsClient
 from .forward_wire import FORWARD_PATH, HEADER_HOP, encode_forward_request
 from .signing import peer_post_headers
 from .wire import DEFAULT_URL_PREFIX, normalize_url_prefix
+
+if TYPE_CHECKING:
+    import requests
+else:
+    from .._lazy import requests
 
 if TYPE_CHECKING:
     from ..config import ClusterConfig, Timeouts

@@ -6,7 +6,9 @@ command's outcome. The data carries its (client, seq) request id, so a retry aft
 answer or a leader change is applied at most once (:mod:`catga_sync.fsm`).
 
 Request body: ``{"protocol": 1, "data": "<base64>", "timeout": <seconds>}``, signed like peer
-RPC. Answers: 200 ``{"index": n, "outcome": {"result": ...} | {"error": {...}}}``; 409
+RPC. Answers: 200 ``{"index": n, "term": t, "outcome": {"result": ...} | {"error": {...}}}``
+(``term``: the entry's, from which the follower learns that it is committed, without waiting
+for the leader's next AppendEntries; an older leader leaves it out); 409
 ``{"error": "not_leader", "leader": "<endpoint or null>"}``; 504 ``{"error":
 "commit_timeout"}``; 400/401/413 as for peer RPC.
 """
@@ -103,8 +105,11 @@ class ProposalClient:
         """Verifies an https leader and presents our certificate; None: the system's store."""
         self._local = threading.local()
 
-    def forward(self, leader: str, data: bytes, timeout: float) -> tuple[int, dict[str, Any]]:
-        """Propose ``data`` through ``leader``; returns the entry index and the outcome JSON.
+    def forward(
+        self, leader: str, data: bytes, timeout: float
+    ) -> tuple[int, int | None, dict[str, Any]]:
+        """Propose ``data`` through ``leader``; returns the entry's index and term (None from
+        a leader that does not say) and the outcome JSON.
 
         Raises NotLeaderError (naming the leader it knows) when ``leader`` no longer leads,
         CommitTimeoutError when it could not say in time, ForwardingError when it could not be
@@ -126,7 +131,12 @@ class ProposalClient:
         if not isinstance(answer, dict):
             answer = {}
         if status == 200:
-            return int(answer["index"]), dict(answer["outcome"])
+            term = answer.get("term")
+            return (
+                int(answer["index"]),
+                term if type(term) is int else None,
+                dict(answer["outcome"]),
+            )
         if status == 409 and answer.get("error") == "not_leader":
             known = answer.get("leader")
             if known:

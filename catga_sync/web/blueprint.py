@@ -26,7 +26,7 @@ from ..errors import (
     PeerAuthError,
     ProposalDroppedError,
 )
-from ..transport.base import InlineReplyReceiver, PeerReceiver, ProposalReceiver
+from ..transport.base import PeerReceiver, ProposalReceiver
 from ..transport.proposals import PROPOSE_PATH, decode_proposal, outcome_json
 from ..transport.signing import ReplayGuard, reply_headers, verify
 from ..transport.wire import (
@@ -206,10 +206,10 @@ def create_peer_blueprint(
         receiver = receiver_or_503()
         messages = decode_batch(body)
         check_addressing(messages, sender=sender, receiver=receiver.raft_id)
-        if request.headers.get(HEADER_REPLY) == INLINE_REPLY and isinstance(
-            receiver, InlineReplyReceiver
-        ):
-            replies = receiver.receive_and_reply(messages, sender_name, INLINE_REPLY_WAIT)
+        # Not isinstance() on the Protocol: on every heartbeat it cost more than the check.
+        receive_and_reply = getattr(receiver, "receive_and_reply", None)
+        if request.headers.get(HEADER_REPLY) == INLINE_REPLY and receive_and_reply is not None:
+            replies = receive_and_reply(messages, sender_name, INLINE_REPLY_WAIT)
             answer = encode_batch(replies)
             headers = reply_headers(
                 gate.secret,
@@ -227,13 +227,13 @@ def create_peer_blueprint(
 
     @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def propose() -> tuple[Response, int]:
-        body, sender = gate.body()
+        body, _ = gate.body()
         receiver = receiver_or_503()
         data, timeout = decode_proposal(body)
         if not isinstance(receiver, ProposalReceiver):
             raise _Refusal(501, "not_supported", "This node does not take forwarded proposals.")
         try:
-            index, outcome = receiver.propose_indexed(data, timeout=timeout, origin=sender)
+            index, term, outcome = receiver.propose_forwarded(data, timeout=timeout)
         except NotLeaderError as exc:
             return jsonify(
                 error="not_leader", message=str(exc), leader=exc.leader_endpoint or exc.leader_id
@@ -242,7 +242,7 @@ def create_peer_blueprint(
             return jsonify(error="commit_timeout", message=str(exc)), 504
         except ProposalDroppedError as exc:
             return jsonify(error="proposal_dropped", message=str(exc)), 409
-        return jsonify(index=index, outcome=outcome_json(outcome)), 200
+        return jsonify(index=index, term=term, outcome=outcome_json(outcome)), 200
 
     @bp.route(INFO_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def raft_info() -> tuple[Response, int]:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import requests
 import tenacity
 from flask import Response, jsonify, request
 
@@ -33,6 +32,11 @@ from ..config_values import Duration, seconds
 from ..errors import NoLeaderError, NotLeaderError
 from ..forwarding import not_leader_error, stop_at
 from ..transport.forward_wire import DEFAULT_FORWARD_TIMEOUT, HEADER_HOP
+
+if TYPE_CHECKING:
+    import requests
+else:
+    from .._lazy import requests
 
 if TYPE_CHECKING:
     from ..node import ClusterNode

@@ -18,12 +18,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import requests
-
 from ..errors import LeaderUnreachableError, NodeNotRunningError
 from ..raft import Role
 from ..runtime.status import NodeStatus
 from .worker_files import RETRY, WORKER_TOKEN_HEADER, HostInfo
+
+if TYPE_CHECKING:
+    import requests
+else:
+    from .._lazy import requests
 
 if TYPE_CHECKING:
     from ..client import ClusterClient

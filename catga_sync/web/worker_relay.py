@@ -16,9 +16,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-import requests
-
 from .worker_files import NO_HOST, WORKER_TOKEN_HEADER, HostInfo
+
+if TYPE_CHECKING:
+    import requests
+else:
+    from .._lazy import requests
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
