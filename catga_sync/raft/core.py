@@ -836,6 +836,12 @@ class RaftCore:
         )
         if not entries and not allow_empty:
             return False
+        if (
+            entries
+            and progress.state is ProgressState.REPLICATE  # so these entries are new to it
+            and 2 * self.heartbeat_elapsed >= self.config.heartbeat_ticks
+        ):
+            progress.late_append = entries[-1].index
         self._send(
             AppendEntries(
                 self.term, self.id, to, prev_index, prev_term, entries, self.log.committed
@@ -869,8 +875,8 @@ class RaftCore:
                 self._send_append(m.frm)
             return
         was_paused = progress.is_paused()
-        if 2 * self.heartbeat_elapsed >= self.config.heartbeat_ticks:
-            progress.appended = True  # it heard from us lately: this round's heartbeat can go
+        if progress.late_append is not None and m.index >= progress.late_append:
+            progress.appended = True  # it got an append sent late in the interval
         if not progress.maybe_update(m.index):
             return
         if m.frm in self._farewells and progress.match >= self.pending_config_index:
@@ -988,19 +994,21 @@ class RaftCore:
 
     def _broadcast_heartbeat(self, context: str) -> None:
         """Heartbeat every follower; a periodic one (no read context) skips a follower that
-        acknowledged an AppendEntries in the second half of the interval: that reset its
-        election timer at most half an interval ago, so it hears from us at least every 1.5
-        heartbeat intervals (the election timeout is more than two), and under a stream of
-        commands the followers get appends and commit notices, no heartbeats. A lost
+        acknowledged new entries sent to it in the second half of the interval: that
+        AppendEntries, sent at most half an interval ago, reset its election timer when it
+        arrived, however long the follower then took to persist and answer. So it hears from
+        us at least every 1.5 heartbeat intervals (the election timeout is more than two), and
+        under a stream of commands the followers get appends, not heartbeats. A lost
         AppendEntries gets no acknowledgement, so its follower's heartbeat still goes (and its
         answer makes the leader send again)."""
         for node in sorted(self.progress):
             if node == self.id:
                 continue
             progress = self.progress[node]
-            if not context and progress.appended:
-                progress.appended = False
-                continue
+            if not context:
+                skip, progress.appended, progress.late_append = progress.appended, False, None
+                if skip:
+                    continue
             commit = min(progress.match, self.log.committed)
             self._send(Heartbeat(self.term, self.id, node, commit, context), early=True)
 

@@ -23,6 +23,7 @@ class Progress:
     __slots__ = (
         "appended",
         "inflight",
+        "late_append",
         "match",
         "max_inflight",
         "next",
@@ -39,9 +40,13 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.recent_active = True
+        self.late_append: int | None = None
+        """The last index of new entries sent to it in the second half of this heartbeat
+        interval (None: none were)."""
         self.appended = False
-        """It acknowledged an AppendEntries in the second half of the heartbeat interval: the
-        next heartbeat is not needed (``RaftCore._broadcast_heartbeat``)."""
+        """It acknowledged those entries: it got an AppendEntries sent in the second half of
+        the interval, so this round's heartbeat is not needed (see
+        ``RaftCore._broadcast_heartbeat``)."""
         self.pending_snapshot = 0
         self.snapshot_offset = 0
         self.inflight: deque[int] = deque()

@@ -80,7 +80,11 @@ def test_a_full_disk_stops_the_node_naming_the_file_and_nothing_is_retried(
     storage = open_storage("full", str(state))
     try:
         stored = storage.open()
-        assert stored.hard_state.commit <= (stored.entries[-1].index if stored.entries else 0)
-        assert stored.hard_state.commit >= applied  # persisted before it was applied
+        last = stored.entries[-1].index if stored.entries else 0
+        assert stored.hard_state.commit <= last
+        # Every entry applied is on disk: entries are fsynced before they are applied. The
+        # commit index is written once per batch, after it (Raft keeps it volatile), so it may
+        # lag by the batch the disk filled in.
+        assert applied <= last
     finally:
         storage.close()
