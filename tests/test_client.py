@@ -25,6 +25,7 @@ from helpers import LocalCluster, free_ports, poll
 
 from catga_sync import ClusterClient as LazyClusterClient
 from catga_sync.client import ClientStatus, ClusterClient
+from catga_sync.client import http as client_http
 from catga_sync.errors import (
     ClientAuthError,
     CommitTimeoutError,
@@ -259,6 +260,29 @@ def test_a_leader_hint_naming_an_unknown_host_is_not_followed() -> None:
             with c.watch_leadership(seen.append):  # long-polls the member that answered
                 poll(lambda: len([p for p in node.asked if "leadership" in p]) >= 2, WAIT, "polls")
             assert seen and not stranger.asked
+
+
+def test_no_member_is_asked_with_a_sliver_of_the_time_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a clock of the test's own: each member refuses at once ("not the leader"), and the
+    # transport pauses between rounds. A round started just before the deadline gave its member
+    # a few milliseconds, which timed out on a busy machine: the timeout, maybe delivered,
+    # turned the refusal into an unknown outcome (a CommitTimeoutError), or hid a TLS failure.
+    now = [0.0]
+    given: list[float] = []
+    monkeypatch.setattr(client_http.time, "monotonic", lambda: now[0])
+
+    def once(target: str, method: str, path: str, *args: Any) -> client_http.Reply:
+        given.append(args[-2])  # the seconds this member was given
+        raise client_http._Retry(NotLeaderError(None, None, f"{target}: not the leader"))
+
+    with ClusterClient("http://127.0.0.1:1", timeout=1.2) as c:
+        monkeypatch.setattr(c.transport, "_once", once)
+        monkeypatch.setattr(c.transport.closed, "wait", lambda s: now.__setitem__(0, now[0] + s))
+        with pytest.raises(NotLeaderError):
+            c.transport.request("GET", "/status", deadline=1.2)
+    assert len(given) > 3 and min(given) >= client_http.MIN_SHARE  # every member its share
 
 
 def test_candidates_are_a_snapshot_of_the_endpoints() -> None:
