@@ -479,7 +479,9 @@ def test_a_held_lease_is_renewed_past_its_ttl_and_a_waiter_gets_it_at_release(
 def test_a_lease_is_lost_when_a_renewal_is_refused_or_its_ttl_passes(
     cluster: LocalCluster, client: ClusterClient
 ) -> None:
-    lease = client.acquire("taken-away", ttl=3)  # renewed after 1 s: refused
+    # Renewed after 2 s: refused. The refusal has 4 s to come back before the TTL runs out (at
+    # ttl=3 it had 2 s, and a starved process lost the lease to its TTL first).
+    lease = client.acquire("taken-away", ttl=6)
     told: list[str | None] = []
     lease.on_lost(lambda lost: told.append(lost.lost_reason))
     # Behind its back, through whichever node leads (a leader() named first may have lost its
@@ -812,7 +814,10 @@ def test_through_a_leader_crash_commands_apply_once_and_a_lease_stays_valid() ->
 
 
 def test_a_command_timing_out_names_its_request_id() -> None:
-    with make_cluster() as cluster:
+    # A 2 s election timeout: a leader that hears no quorum steps down after it (check quorum),
+    # and then refuses the command at once (NoLeaderError, not sent) instead of letting it time
+    # out. At 150 ms a starved test process sent the command only after that.
+    with make_cluster(election_timeout=2.0, heartbeat_interval=0.2) as cluster:
         leader = cluster.leader()
         for node in cluster.followers():
             cluster.crash(node)  # no quorum: nothing commits
