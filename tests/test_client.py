@@ -778,32 +778,35 @@ def test_a_command_without_its_session_is_refused_before_it_is_sent(
 
 
 def test_through_a_leader_crash_commands_apply_once_and_a_lease_stays_valid() -> None:
-    with make_cluster() as cluster, ClusterClient(cluster.endpoints, secret=TOKEN) as client:
-        cluster.followers()  # the member the watch asks first knows the leader
-        first = cluster.leader()
+    # 500/100 ms: at 150/50 ms the two survivors of a starved process elected one after the
+    # other, and a read through the client found no leader for its whole 10 s. The lease's TTL
+    # is scaled with it (see below).
+    cluster = make_cluster(election_timeout=0.5, heartbeat_interval=0.1)
+    with cluster, ClusterClient(cluster.endpoints, secret=TOKEN) as client:
         seen: list[ClientStatus] = []
         watch = client.watch_leadership(seen.append)
-        # Its first status may still come from a member that has not heard of the leader
-        # (a starved one, a pre-candidate of term 1): the watch reports the leader next.
-        poll(lambda: seen and seen[-1].leader == first.raft_id, WAIT, "a status naming the leader")
-        before = seen[-1].term
+        # Its first status may come from a member that has not heard of a leader yet (a
+        # pre-candidate of term 1), and a starved cluster may elect another before the test
+        # names one: the claim is only that the watch reports a leader.
+        poll(lambda: seen and seen[-1].leader is not None, WAIT, "a status naming a leader")
         # Renewed every 3 s: the lease must outlast an election, and then a renewal through
         # the new leader, within 6 s of its last renewal (at ttl=3 it had 2 s, which a
         # starved machine's election and commit did not always fit in).
         lease = client.acquire("failover", ttl=9)
         kv = client.dict()
         assert kv.increment("n") == 1
+        first = cluster.leader()
+        term = first.status.term
         cluster.crash(first)
         crashed = time.monotonic()  # a renewal sent from now on has to go to another leader
         cluster.leader(other_than=first)
         assert kv.increment("n") == 2  # the hint was the dead leader: another member took it
         # Either survivor may lead by now (a busy machine can elect twice): not the dead one.
         poll(
-            lambda: seen[-1].leader not in (None, first.raft_id),
+            lambda: seen[-1].leader not in (None, first.raft_id) and seen[-1].term > term,
             WAIT,
             "the watch to see a new leader",
         )
-        assert seen[-1].term > before
         poll(  # a renewal sent after the crash succeeded: through the new leader
             lambda: lease.valid_until >= crashed + lease.ttl * (1 - CLOCK_DRIFT),
             WAIT,
