@@ -238,7 +238,7 @@ def test_the_leadership_long_poll_answers_at_once_after_a_change_and_waits_other
         headers=AUTH,
         timeout=10,
     )
-    assert answer.status_code == 200 and time.monotonic() - started < 1
+    assert answer.status_code == 200 and time.monotonic() - started < 2.5  # not the 5 s wait
     started = time.monotonic()
     answer = requests.get(
         url(cluster, 1, "/leadership"),
@@ -246,8 +246,12 @@ def test_the_leadership_long_poll_answers_at_once_after_a_change_and_waits_other
         headers=AUTH,
         timeout=10,
     )
-    assert answer.status_code == 200 and answer.json()["version"] == version
-    assert time.monotonic() - started >= 0.3
+    waited = time.monotonic() - started
+    assert answer.status_code == 200 and answer.json()["version"] >= version
+    # It waits the whole 0.3 s unless the node's leadership document changes meanwhile: a
+    # starved follower that misses heartbeats turns pre-candidate and back (version 3 to 5, no
+    # new leader), and then the poll rightly answers at once.
+    assert waited >= 0.3 or answer.json()["version"] > version
     for params in ({"wait": 31}, {"wait": "soon"}, {"after": "x"}, {"wait": "nan"}):
         bad = requests.get(url(cluster, 1, "/leadership"), params=params, headers=AUTH, timeout=5)
         assert bad.status_code == 400 and bad.json()["error"] == "bad_request", params
