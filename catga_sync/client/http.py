@@ -53,7 +53,8 @@ bundle: certifi's, or ``REQUESTS_CA_BUNDLE``), False (no check)."""
 CONNECT_TIMEOUT = 2.0
 """Seconds a connection to one member may take before the next member is tried."""
 MIN_SHARE = 0.5
-"""Seconds one member is given at the least, when the time is shared between members."""
+"""Seconds one member is given at the least, when the time is shared between members; a round
+after a pause starts only with this much left."""
 _PAUSES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 """Pauses after each round over every member, the last repeated."""
 
@@ -204,6 +205,7 @@ class ClientTransport:
         - ``delivered``: gets a True appended once a request may have run on a node (its
           outcome may exist though no answer came)."""
         last: Exception | None = None
+        final = False
         for pause in itertools.chain(_PAUSES, itertools.repeat(_PAUSES[-1])):
             for target in [endpoint] if endpoint is not None else self.candidates():
                 remaining = deadline - time.monotonic()
@@ -217,9 +219,15 @@ class ClientTransport:
                 except _Retry as retry:
                     last = retry.error
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closed.is_set() or endpoint is not None:
-                break  # one member asked: the caller chooses the next
-            self.closed.wait(min(pause, remaining))
+            if final or remaining < MIN_SHARE or self.closed.is_set() or endpoint is not None:
+                # One member asked: the caller chooses the next. Or no time for another round
+                # with its share: a member given a sliver of the time left times out before it
+                # can answer, and that timeout would hide the answers before it (a refusal, a
+                # TLS failure) and, maybe delivered, make a command nobody ran an unknown outcome.
+                break
+            if remaining - pause <= MIN_SHARE:  # the last round: the pause leaves it its share
+                final, pause = True, remaining - MIN_SHARE
+            self.closed.wait(pause)
         if self.closed.is_set() and last is None:
             last = LeaderUnreachableError("the ClusterClient was closed", maybe_delivered=False)
         raise last or LeaderUnreachableError(
