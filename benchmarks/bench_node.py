@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -51,6 +52,10 @@ class Counter(StateMachine):
         return self.value
 
 
+PIPELINE_DEPTH_ENV = "CATGA_BENCH_PIPELINE_DEPTH"
+"""The benchmarks' ``--pipeline-depth``, handed to the node processes they start."""
+
+
 def catga_node(
     endpoint: str, members: Sequence[str], node_id: str, state_dir: str, *, serve_http: bool = True
 ) -> ClusterNode:
@@ -63,6 +68,7 @@ def catga_node(
         sqlite_synchronous="FULL",
         election_timeout=timedelta(milliseconds=150),
         heartbeat_interval=timedelta(milliseconds=50),
+        pipeline_depth=int(os.environ.get(PIPELINE_DEPTH_ENV, "1")),
     )
     node = ClusterNode(config, serve_http=serve_http)
     node.register(Counter())

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -47,7 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_node import LOCK_TTL, catga_node, pysyncobj_counter
+from bench_node import LOCK_TTL, PIPELINE_DEPTH_ENV, catga_node, pysyncobj_counter
 from etcd_cluster import Gateway, b64, etcd_cluster
 from report import (
     MATPLOTLIB_MISSING,
@@ -346,7 +347,15 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: catga,pysyncobj,etcd")
     parser.add_argument("--etcd", default="etcd", help="the etcd binary (default: on PATH)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of the figures (matplotlib)")
+    parser.add_argument(
+        "--pipeline-depth",
+        type=int,
+        default=1,
+        metavar="N",
+        help="catga_sync's Cluster:PipelineDepth on every node (default: 1, the default's)",
+    )
     args = parser.parse_args()
+    os.environ[PIPELINE_DEPTH_ENV] = str(args.pipeline_depth)  # the peer processes inherit it
     if args.plot and not matplotlib_available():
         parser.error(MATPLOTLIB_MISSING)
     exit_on_sigterm()

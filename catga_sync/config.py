@@ -78,6 +78,8 @@ MIN_DERIVED_TICK = timedelta(milliseconds=5)
 MIN_TICK_INTERVAL = timedelta(milliseconds=1)
 MIN_SIGNATURE_WINDOW = timedelta(seconds=1)
 MIN_MESSAGE_BYTES = 64 << 10
+MAX_PIPELINE_DEPTH = 16
+"""The most peer requests in flight to one peer (each costs a thread and a connection)."""
 SHORT_SECRET = 16
 """Secrets shorter than this draw a warning: HMAC is only as strong as its key."""
 
@@ -131,6 +133,9 @@ class ClusterConfig:
     """Where the peer RPC blueprint is mounted."""
     max_message_bytes: int = 8 << 20
     """Largest peer request body accepted (larger gets 413)."""
+    pipeline_depth: int = 1
+    """Peer requests in flight to one peer at once (each on its own connection); 1: the next
+    batch leaves when the last one is answered."""
     signature_window: timedelta = timedelta(seconds=30)
     """A signed request older or newer than this (by the receiver's clock) is refused."""
     tick_interval: timedelta | None = None
@@ -373,6 +378,12 @@ class ClusterConfig:
             raise ConfigError(
                 f"{_label('max_message_bytes')} {size!r} is invalid: use a whole number of bytes "
                 f"of at least {MIN_MESSAGE_BYTES} (64 KiB); the default is 8 MiB (8388608)"
+            )
+        depth = self.pipeline_depth
+        if not _is_int(depth) or not 1 <= depth <= MAX_PIPELINE_DEPTH:
+            raise ConfigError(
+                f"{_label('pipeline_depth')} {depth!r} is invalid: use a whole number of peer "
+                f"requests in flight from 1 to {MAX_PIPELINE_DEPTH}; the default is 1"
             )
         every = self.snapshot_every
         if not _is_int(every) or every < 1:

@@ -67,6 +67,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sqlite_synchronous", "str"),
     Setting("url_prefix", "str"),
     Setting("max_message_bytes", "int"),
+    Setting("pipeline_depth", "int"),
     Setting("signature_window", "duration"),
     Setting("tick_interval", "optional_duration"),
     Setting("switch_interval", "seconds"),

@@ -12,6 +12,7 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from catga_sync.raft import AppendEntries, Entry, Heartbeat, HeartbeatResponse, Message
+from catga_sync.transport.arrival import MAX_WAIT
 from catga_sync.web import create_peer_blueprint
 
 
@@ -71,6 +72,7 @@ def peer_app(
     max_body_bytes: int = 1 << 20,
     signature_window: float = 30.0,
     url_prefix: str = "/_catga",
+    arrival_wait: float = MAX_WAIT,
 ) -> Flask:
     app = Flask("peer_test_app")
     app.register_blueprint(
@@ -80,6 +82,7 @@ def peer_app(
             max_body_bytes=max_body_bytes,
             signature_window=signature_window,
             url_prefix=url_prefix,
+            arrival_wait=arrival_wait,
         )
     )
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from _peer_support import RecordingReceiver, heartbeat, heartbeat_response, peer_app, serve
@@ -32,9 +32,16 @@ class AnsweringReceiver(RecordingReceiver):
     """A receiver that answers every heartbeat inline, as a node's Raft loop would."""
 
     def receive_and_reply(
-        self, messages: Sequence[Message], sender_name: str | None, timeout: float
+        self,
+        messages: Sequence[Message],
+        sender_name: str | None,
+        timeout: float,
+        *,
+        queued: Callable[[], None] | None = None,
     ) -> list[Message]:
         self.receive(messages, sender_name)
+        if queued is not None:
+            queued()
         return [heartbeat_response(self.raft_id, m.frm, m.term, m.context) for m in messages]
 
 

@@ -247,6 +247,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
                 url_prefix=config.url_prefix,
                 timeout=self.timeouts.peer_request,
                 max_batch_bytes=config.max_message_bytes,
+                pipeline_depth=config.pipeline_depth,
                 reply_receiver=self,
                 ssl_context=config.tls_client.context(),
                 rpc_observer=rpc_observer(self.stats, lambda: self._board.status.is_leader),
@@ -393,11 +394,16 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
             loop.put(message)
 
     def receive_and_reply(
-        self, messages: Sequence[Message], sender_name: str | None, timeout: float
+        self,
+        messages: Sequence[Message],
+        sender_name: str | None,
+        timeout: float,
+        *,
+        queued: Callable[[], None] | None = None,
     ) -> list[Message]:
-        """Queue ``messages`` and wait (up to ``timeout``) until the loop has handled them;
-        return what it had to send to their sender meanwhile (the inline-reply PeerReceiver
-        port). After the timeout the slot is abandoned and late replies go out as requests."""
+        """The InlineReplyReceiver port: queue ``messages``, call ``queued``, wait (up to
+        ``timeout``) until the loop has handled them and return what it had to send to their
+        sender meanwhile. After the timeout late replies go out as requests."""
         loop = self._loop
         if loop is None or not messages:
             return []
@@ -405,6 +411,8 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
             self._names.setdefault(messages[0].frm, sender_name)
         slot = ReplySlot(messages[0].frm, messages)
         loop.put(slot)
+        if queued is not None:
+            queued()
         if not slot.done.wait(timeout):
             loop.outbox.abandon(slot)
             return []

@@ -6,7 +6,7 @@ handed to a :class:`PeerReceiver`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..raft import Message
@@ -42,10 +42,15 @@ class InlineReplyReceiver(Protocol):
     for it with ``X-Catga-Reply: inline``)."""
 
     def receive_and_reply(
-        self, messages: Sequence[Message], sender_name: str | None, timeout: float
+        self,
+        messages: Sequence[Message],
+        sender_name: str | None,
+        timeout: float,
+        *,
+        queued: Callable[[], None] | None = None,
     ) -> list[Message]:
-        """Queue ``messages``, wait until they are handled and persisted (at most ``timeout``
-        seconds) and return the messages for their sender produced meanwhile."""
+        """Queue ``messages``, call ``queued``, wait until they are handled and persisted (at
+        most ``timeout`` seconds) and return the messages for their sender produced meanwhile."""
         ...
 
 

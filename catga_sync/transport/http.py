@@ -1,13 +1,17 @@
-"""Sending Raft messages to peers over HTTP: one queue, one thread and one session per peer.
+"""Sending Raft messages to peers over HTTP: one queue per peer, and one thread and one
+kept-alive connection per POST in flight to it (``pipeline_depth``, 1 by default).
 
-A slow or dead peer only ever holds up its own sender thread, so the others keep getting their
-messages on time. Each sender posts everything queued for its peer as one batch (split only to
-stay under the body limit). The queues are bounded; when one overflows, stale heartbeats and
-other superseded messages go first, then the oldest messages — Raft resends what matters, and a
-peer that cannot keep up must not make its sender hoard memory. ``send`` never blocks on the
-network and never raises.
+A slow or dead peer only ever holds up its own sender threads, so the others keep getting their
+messages on time. Each sender thread posts everything queued for its peer as one batch (split
+only to stay under the body limit). With a depth above 1, the next batch leaves while the last
+one is still being written to the peer's disk; each POST then carries its place in the stream
+(``X-Catga-Stream``) and the receiver queues them in that order (:mod:`.arrival`).
 
-Each sender keeps one kept-alive connection to its peer (:mod:`.http11`). Not ``requests``:
+The queues are bounded; when one overflows, stale heartbeats and other superseded messages go
+first, then the oldest messages — Raft resends what matters, and a peer that cannot keep up
+must not make its sender hoard memory. ``send`` never blocks on the network and never raises.
+
+Each sender thread keeps one kept-alive connection to its peer (:mod:`.http11`). Not ``requests``:
 every command crosses this path several times (entries out, acknowledgements back, the commit
 out), and measured here a ``requests`` POST costs ~1.5 ms of CPU against ~0.6 ms for the same
 POST through ``http.client``. Nothing of ``requests`` is needed on this path: no proxies, no
@@ -21,6 +25,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import secrets
 import ssl
 import threading
 import time
@@ -29,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config import MAX_PIPELINE_DEPTH
 from ..errors import CatgaError, ConfigError
 from ..raft import (
     Heartbeat,
@@ -46,6 +52,7 @@ from .wire import (
     DEFAULT_SIGNATURE_WINDOW,
     HEADER_REPLY,
     HEADER_SIGNATURE,
+    HEADER_STREAM,
     INLINE_REPLY,
     RAFT_PATH,
     check_addressing,
@@ -170,7 +177,8 @@ class SendQueue:
 
 
 class _PeerSender:
-    """One peer's queue, session and sender thread, and its counters."""
+    """One peer's queue, its ``pipeline_depth`` sender threads (each with its own kept-alive
+    connection, so that many POSTs are in flight at once), and its counters."""
 
     def __init__(self, owner: HttpTransport, peer: str) -> None:
         self.owner = owner
@@ -181,26 +189,54 @@ class _PeerSender:
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.https else 80)
-        self.connection = PeerConnection(
+        self.queue = SendQueue(owner.queue_limit)
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.take_lock = threading.Lock()
+        """Held from taking a batch to numbering its bodies: the numbers follow the queue."""
+        # A stream id per sender's life: the receiver orders requests within it
+        # (:mod:`.arrival`); a restarted sender starts a new stream at 1.
+        self.stream = secrets.token_hex(6) if owner.pipeline_depth > 1 else None
+        self.next_seq = 1
+        self.sent = self.failed = self.batches = self.failed_batches = 0
+        self.stale = self.evicted = 0
+        self.in_flight = 0
+        self.reachable: bool | None = None
+        self.last_error: str | None = None
+        self.last_latency = 0.0
+        self.warned_oversized = False
+        self.connections = [self._new_connection() for _ in range(owner.pipeline_depth)]
+        self.threads = [
+            threading.Thread(
+                target=self._run,
+                args=(connection,),
+                name=f"catga-send {peer}" + (f" #{k + 1}" if k else ""),
+                daemon=True,
+            )
+            for k, connection in enumerate(self.connections)
+        ]
+
+    def _new_connection(self) -> PeerConnection:
+        owner = self.owner
+        return PeerConnection(
             self.host,
             self.port,
             https=self.https,
             timeout=owner.timeout,
             ssl_context=owner.ssl_context,
         )
-        self.queue = SendQueue(owner.queue_limit)
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.sent = self.failed = self.batches = self.failed_batches = 0
-        self.stale = self.evicted = 0
-        self.reachable: bool | None = None
-        self.last_error: str | None = None
-        self.last_latency = 0.0
-        self.warned_oversized = False
-        self.thread = threading.Thread(target=self._run, name=f"catga-send {peer}", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
+
+    def is_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self.threads)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def enqueue(self, messages: Sequence[Message]) -> None:
         stale, evicted = self.queue.put(messages)
@@ -222,6 +258,7 @@ class _PeerSender:
                 "stale_dropped": self.stale,
                 "evicted": self.evicted,
                 "queued": len(self.queue),
+                "in_flight": self.in_flight,
                 "batches": self.batches,
                 "failed_batches": self.failed_batches,
                 "reachable": self.reachable,
@@ -230,17 +267,17 @@ class _PeerSender:
             }
 
     # ----------------------------------------------------------------------------------------
-    # The sender thread
+    # The sender threads
 
-    def _run(self) -> None:
+    def _run(self, connection: PeerConnection) -> None:
         failures = 0
         try:
             while not self.stopping.is_set():
-                batch = self.queue.take_all()
-                if not batch or self.stopping.is_set():
+                bodies = self._take()
+                if not bodies or self.stopping.is_set():
                     continue
                 try:
-                    ok = self._deliver(batch)
+                    ok = self._deliver(connection, bodies)
                 except Exception:  # a bug must not silence this peer for good
                     logger.exception("Sending to peer %s failed unexpectedly", self.peer)
                     ok = False
@@ -253,28 +290,54 @@ class _PeerSender:
                 backoff = _BACKOFF_FIRST * 2 ** min(failures - 1, 20)
                 self.stopping.wait(min(self.owner.timeout, backoff))
         finally:
-            self._disconnect()
+            connection.close()
 
-    def _deliver(self, batch: list[Message]) -> bool:
-        bodies = encode_batches(batch, self.owner.max_batch_bytes)
-        for k, (body, count) in enumerate(bodies):
-            if self.stopping.is_set():
-                return True
-            if len(body) > self.owner.max_batch_bytes:
-                self._oversized(len(body), count)
-                continue
-            if not self._post(body, count):
-                rest = sum(n for _, n in bodies[k + 1 :])
-                with self.lock:
-                    self.failed += rest
-                return False
-        return True
+    def _take(self) -> list[tuple[bytes, int, str | None]]:
+        """Everything queued, as bodies under the size limit: (body, messages, stream header).
 
-    def _post(self, body: bytes, count: int) -> bool:
+        One thread at a time waits for the queue; the others wait for it (they would only
+        split what it takes)."""
+        with self.take_lock:
+            batch = self.queue.take_all()
+            if not batch:
+                return []
+            bodies = encode_batches(batch, self.owner.max_batch_bytes)
+            if self.stream is None:
+                return [(body, count, None) for body, count in bodies]
+            first, self.next_seq = self.next_seq, self.next_seq + len(bodies)
+        return [
+            (body, count, f"{self.stream}:{first + k}") for k, (body, count) in enumerate(bodies)
+        ]
+
+    def _deliver(
+        self, connection: PeerConnection, bodies: list[tuple[bytes, int, str | None]]
+    ) -> bool:
+        with self.lock:
+            self.in_flight += 1
+        try:
+            for k, (body, count, place) in enumerate(bodies):
+                if self.stopping.is_set():
+                    return True
+                if len(body) > self.owner.max_batch_bytes:
+                    self._oversized(len(body), count)
+                    continue
+                if not self._post(connection, body, count, place):
+                    rest = sum(n for _, n, _ in bodies[k + 1 :])
+                    with self.lock:
+                        self.failed += rest
+                    return False
+            return True
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _post(self, connection: PeerConnection, body: bytes, count: int, place: str | None) -> bool:
         owner = self.owner
         headers = peer_post_headers(
             owner.secret, self.path, body, owner.sender_id, owner.sender_name, time.time()
         )
+        if place is not None:
+            headers[HEADER_STREAM] = place
         error: str | None = None
         rejected = False
         replies_to = owner.reply_receiver
@@ -282,14 +345,14 @@ class _PeerSender:
             headers[HEADER_REPLY] = INLINE_REPLY
         started = time.monotonic()
         try:
-            status, answer, reply_headers = self._request(body, headers)
+            status, answer, reply_headers = self._request(connection, body, headers)
             if status == 200 and replies_to is not None:
                 self._take_replies(replies_to, answer, headers, reply_headers)
             elif status != 202:
                 rejected = 400 <= status < 500
                 error = _describe_refusal(status, answer)
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out...
-            self._disconnect()
+            connection.close()
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.monotonic() - started
         with self.lock:
@@ -338,16 +401,14 @@ class _PeerSender:
         if messages:
             receiver.receive(messages, None)
 
-    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
-        """POST ``body`` on the kept-alive connection (opened as needed); (status, answer,
+    def _request(
+        self, connection: PeerConnection, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """POST ``body`` on a kept-alive connection (opened as needed); (status, answer,
         the answer's headers)."""
-        connection = self.connection
         if connection.is_open and connection.dropped():
             connection.close()  # the peer closed it while idle (a restart, an idle timeout)
         return connection.post(self.path, body, headers)
-
-    def _disconnect(self) -> None:
-        self.connection.close()
 
     def _oversized(self, size: int, count: int) -> None:
         error = (
@@ -387,8 +448,9 @@ def _describe_refusal(status: int, answer: bytes) -> str:
 
 
 class HttpTransport:
-    """The :class:`~catga_sync.transport.base.Transport` over HTTP: signed JSON batches, one
-    sender thread per peer. Peers are addressed by their Raft ids, which are their endpoints.
+    """The :class:`~catga_sync.transport.base.Transport` over HTTP: signed JSON batches,
+    ``pipeline_depth`` sender threads per peer (1: one POST in flight at a time). Peers are
+    addressed by their Raft ids, which are their endpoints.
 
     ``timeout`` bounds both connecting and reading one POST (derive it from the election
     timeout: a reply later than that is useless to Raft). ``max_batch_bytes`` should equal the
@@ -409,6 +471,7 @@ class HttpTransport:
         rpc_observer: RpcObserver | None = None,
         reply_receiver: PeerReceiver | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        pipeline_depth: int = 1,
     ) -> None:
         if not sender_id:
             raise ConfigError("sender_id must be this node's Raft id (its normalized endpoint)")
@@ -422,6 +485,10 @@ class HttpTransport:
             raise ConfigError(f"queue_limit must be at least 1, not {queue_limit}")
         if max_batch_bytes < 1:
             raise ConfigError(f"max_batch_bytes must be at least 1, not {max_batch_bytes}")
+        if not 1 <= pipeline_depth <= MAX_PIPELINE_DEPTH:
+            raise ConfigError(
+                f"pipeline_depth must be from 1 to {MAX_PIPELINE_DEPTH}, not {pipeline_depth}"
+            )
         self.sender_id = sender_id
         self.sender_name = sender_name
         self.secret = secret or None
@@ -429,6 +496,8 @@ class HttpTransport:
         self.timeout = float(timeout)
         self.queue_limit = queue_limit
         self.max_batch_bytes = max_batch_bytes
+        self.pipeline_depth = pipeline_depth
+        """POSTs in flight to one peer at most, each on its own connection and thread."""
         self._observer = rpc_observer
         self.reply_receiver = reply_receiver
         self.ssl_context = ssl_context
@@ -472,8 +541,8 @@ class HttpTransport:
             sender.stop()
         deadline = time.monotonic() + self.timeout + 1.0
         for sender in senders:
-            sender.thread.join(max(0.0, deadline - time.monotonic()))
-            if sender.thread.is_alive():
+            sender.join(max(0.0, deadline - time.monotonic()))
+            if sender.is_alive():
                 logger.debug(
                     "Sender to %s still busy after close(); it exits on its own", sender.peer
                 )
@@ -497,7 +566,7 @@ class HttpTransport:
             sender = self._senders.pop(peer, None)
             if sender is None:
                 return
-            self._retired = [s for s in self._retired if s.thread.is_alive()]
+            self._retired = [s for s in self._retired if s.is_alive()]
             self._retired.append(sender)
         sender.stop()
 

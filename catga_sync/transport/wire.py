@@ -39,6 +39,10 @@ HEADER_REPLY = "X-Catga-Reply"
 """On a peer RPC request, ``inline``: answer with the messages for the sender in the response
 body (200) once they are persisted, instead of 202 and a request of our own later."""
 INLINE_REPLY = "inline"
+HEADER_STREAM = "X-Catga-Stream"
+"""On a pipelined peer RPC request, ``<stream>:<seq>``: its place among its sender's requests,
+which the receiver queues in that order (:mod:`catga_sync.transport.arrival`). Not signed: it
+orders requests, it authorizes nothing."""
 HEADER_TIMESTAMP = "X-Catga-Timestamp"
 HEADER_SIGNATURE = "X-Catga-Signature"
 

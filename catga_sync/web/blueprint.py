@@ -26,6 +26,7 @@ from ..errors import (
     PeerAuthError,
     ProposalDroppedError,
 )
+from ..transport.arrival import MAX_WAIT, ArrivalOrder
 from ..transport.base import PeerReceiver, ProposalReceiver
 from ..transport.proposals import PROPOSE_PATH, decode_proposal, outcome_json
 from ..transport.signing import ReplayGuard, reply_headers, verify
@@ -35,6 +36,7 @@ from ..transport.wire import (
     HEADER_REPLY,
     HEADER_SENDER,
     HEADER_SIGNATURE,
+    HEADER_STREAM,
     HEADER_TIMESTAMP,
     INFO_PATH,
     INLINE_REPLY,
@@ -172,12 +174,14 @@ def create_peer_blueprint(
     url_prefix: str = DEFAULT_URL_PREFIX,
     name: str = "catga_peer",
     admin: Callable[[], AdminNode | None] | None = None,
+    arrival_wait: float = MAX_WAIT,
 ) -> Blueprint:
     """A blueprint serving the peer RPC for the node ``get_receiver()`` returns.
 
     ``get_receiver`` is called on every request (None means the node is not running: 503).
     With ``admin``, the blueprint also serves the admin routes (:mod:`catga_sync.web.admin`)
-    for the node it returns.
+    for the node it returns. ``arrival_wait``: seconds a pipelined request waits at most for
+    the ones its sender sent before it (:mod:`catga_sync.transport.arrival`).
     Without a ``secret`` (None or empty) requests are not authenticated, and a warning says so.
     """
     gate = PeerGate(secret=secret, max_body_bytes=max_body_bytes, signature_window=signature_window)
@@ -192,6 +196,7 @@ def create_peer_blueprint(
             RAFT_PATH,
         )
     bp = Blueprint(name, __name__, url_prefix=prefix or None)
+    arrivals = ArrivalOrder()
 
     def receiver_or_503() -> PeerReceiver:
         receiver = get_receiver()
@@ -206,10 +211,17 @@ def create_peer_blueprint(
         receiver = receiver_or_503()
         messages = decode_batch(body)
         check_addressing(messages, sender=sender, receiver=receiver.raft_id)
-        # Not isinstance() on the Protocol: on every heartbeat it cost more than the check.
+        # A pipelining sender's requests are queued in the order it sent them (.arrival).
+        turn = arrivals.turn(sender, request.headers.get(HEADER_STREAM))
+        turn.wait(arrival_wait)
+        # The InlineReplyReceiver port, but not isinstance() on the Protocol: on every
+        # heartbeat that cost more than the check.
         receive_and_reply = getattr(receiver, "receive_and_reply", None)
         if request.headers.get(HEADER_REPLY) == INLINE_REPLY and receive_and_reply is not None:
-            replies = receive_and_reply(messages, sender_name, INLINE_REPLY_WAIT)
+            with turn:
+                replies = receive_and_reply(
+                    messages, sender_name, INLINE_REPLY_WAIT, queued=turn.release
+                )
             answer = encode_batch(replies)
             headers = reply_headers(
                 gate.secret,
@@ -220,8 +232,9 @@ def create_peer_blueprint(
                 time.time(),
             )
             return Response(answer, 200, headers, mimetype="application/json"), 200
-        if messages:
-            receiver.receive(messages, sender_name)
+        with turn:
+            if messages:
+                receiver.receive(messages, sender_name)
         # Built by hand: jsonify costs a tenth of a peer POST, and this is every heartbeat.
         return Response(b'{"accepted":%d}' % len(messages), 202, mimetype="application/json"), 202
 

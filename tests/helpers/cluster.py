@@ -155,6 +155,7 @@ class LocalCluster:
                 url_prefix=config.url_prefix,
                 timeout=max(config.election_timeout.total_seconds(), 0.1),
                 max_batch_bytes=config.max_message_bytes,
+                pipeline_depth=config.pipeline_depth,
                 reply_receiver=replies,
                 ssl_context=config.tls_client.context(),  # https endpoints: the node's TLS
             )
