@@ -52,14 +52,50 @@ class Counter(StateMachine):
         return self.value
 
 
+class OrderBook(StateMachine):
+    """The state-size benchmark's machine: orders, loaded many per command so that a million
+    of them take minutes, not hours (the state grows; the log stays short)."""
+
+    name = "bench.orders"
+
+    def __init__(self) -> None:
+        self.orders: dict[str, dict[str, Any]] = {}
+
+    @command
+    def load(self, start: int, count: int) -> int:
+        for n in range(start, start + count):
+            self.orders[f"order-{n:08d}"] = {
+                "customer": f"customer-{n % 1000:04d}",
+                "amount": n % 997,
+                "status": "new",
+            }
+        return len(self.orders)
+
+    @query
+    def size(self) -> int:
+        return len(self.orders)
+
+
+ORDERS_SNAPSHOT_EVERY = 20
+"""Entries between snapshots on the orders nodes: a snapshot every 20 loads, so that a new
+member catches up from a snapshot of the whole state, not by replaying the log."""
+
 PIPELINE_DEPTH_ENV = "CATGA_BENCH_PIPELINE_DEPTH"
 """The benchmarks' ``--pipeline-depth``, handed to the node processes they start."""
 
 
 def catga_node(
-    endpoint: str, members: Sequence[str], node_id: str, state_dir: str, *, serve_http: bool = True
+    endpoint: str,
+    members: Sequence[str],
+    node_id: str,
+    state_dir: str,
+    *,
+    serve_http: bool = True,
+    orders: bool = False,
+    join: bool = False,
 ) -> ClusterNode:
-    """A durable node (SQLite, synchronous FULL) at the guide's timeouts, with a Counter."""
+    """A durable node (SQLite, synchronous FULL) at the guide's timeouts, with a Counter
+    (``orders``: an :class:`OrderBook` too, snapshot every :data:`ORDERS_SNAPSHOT_EVERY`)."""
     config = ClusterConfig(
         local_node_endpoint=endpoint,
         members=tuple(members),
@@ -69,9 +105,13 @@ def catga_node(
         election_timeout=timedelta(milliseconds=150),
         heartbeat_interval=timedelta(milliseconds=50),
         pipeline_depth=int(os.environ.get(PIPELINE_DEPTH_ENV, "1")),
+        snapshot_every=ORDERS_SNAPSHOT_EVERY if orders else 10_000,
+        join=join,
     )
     node = ClusterNode(config, serve_http=serve_http)
     node.register(Counter())
+    if orders:
+        node.register(OrderBook())
     return node
 
 
@@ -121,11 +161,12 @@ def serve_commands(transfer: Callable[[str], None], done: threading.Event) -> No
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=("catga", "pysyncobj", "pysyncobj-locks"))
+    parser.add_argument("kind", choices=("catga", "catga-orders", "pysyncobj", "pysyncobj-locks"))
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--members", required=True, help="comma-separated, this node included")
     parser.add_argument("--node-id", default="node")
     parser.add_argument("--state", default="", help="state directory (catga)")
+    parser.add_argument("--join", action="store_true", help="start as a new member (catga)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per RPC
@@ -133,8 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     stop: Callable[[], None]
-    if args.kind == "catga":
-        node = catga_node(args.endpoint, members, args.node_id, args.state).start()
+    if args.kind.startswith("catga"):
+        node = catga_node(
+            args.endpoint,
+            members,
+            args.node_id,
+            args.state,
+            orders=args.kind == "catga-orders",
+            join=args.join,
+        ).start()
 
         def transfer(target: str) -> None:
             if node.status.is_leader:

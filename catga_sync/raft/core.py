@@ -741,8 +741,11 @@ class RaftCore:
         last_new = self.log.maybe_append(m.prev_index, m.prev_term, m.commit, m.entries)
         if last_new is not None:
             hint_index, hint_term = self._commit_hint
-            if hint_index > self.log.committed and self.log.match_term(hint_index, hint_term):
-                self.log.commit_to(hint_index)
+            if hint_index:
+                if hint_index > self.log.committed and self.log.match_term(hint_index, hint_term):
+                    self.log.commit_to(hint_index)
+                if hint_index <= self.log.committed:
+                    self._commit_hint = (0, 0)  # used, or passed by the leader's own commit
             if truncations != self.log.truncations or self.log.has_config_entry(m.entries):
                 self._refresh_membership()
             self._send(AppendResponse(self.term, self.id, m.frm, index=last_new))

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import StorageUnavailableError
-from ..raft import HardState, Membership, Ready
+from ..raft import Entry, HardState, Membership, Ready, Snapshot
 from ..storage.base import Storage
 from .eventlog import SlowWrites
 from .status import NodeStats
@@ -76,7 +76,13 @@ class Persister:
             if (changed.term, changed.vote) == (written.term, written.vote):
                 self._commit_pending = changed
                 return
-        self._write(changed, ready, sync=True)
+        self._write(
+            changed,
+            entries=ready.entries,
+            snapshot=ready.snapshot,
+            snapshot_replaces_log=ready.apply_snapshot,
+            sync=True,
+        )
 
     def write_commit(self, *, stopping: bool = False) -> None:
         """Write the commit index that :meth:`persist` left for after the batch, unsynced.
@@ -87,19 +93,27 @@ class Persister:
             return
         self._stats.commit_only_writes_unsynced += 1
         try:
-            self._write(pending, None, sync=False)
+            self._write(pending, sync=False)
         except StorageUnavailableError:
             if not stopping:
                 raise
             log.debug("node %s: last commit index not written on stop", self.node_id)
 
-    def _write(self, hard_state: HardState | None, ready: Ready | None, *, sync: bool) -> None:
+    def _write(
+        self,
+        hard_state: HardState | None,
+        *,
+        sync: bool,
+        entries: Sequence[Entry] = (),
+        snapshot: Snapshot | None = None,
+        snapshot_replaces_log: bool = False,
+    ) -> None:
         started = time.monotonic()
         self._write_until_reachable(
             hard_state=hard_state,
-            entries=ready.entries if ready is not None else (),
-            snapshot=ready.snapshot if ready is not None else None,
-            snapshot_replaces_log=ready.apply_snapshot if ready is not None else False,
+            entries=entries,
+            snapshot=snapshot,
+            snapshot_replaces_log=snapshot_replaces_log,
             sync=sync,
         )
         if hard_state is not None:
