@@ -4,6 +4,7 @@ refusals, exactly-once per idempotency key), and the Flask view decorators."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
@@ -871,3 +872,36 @@ def test_a_forwarder_that_is_not_one_is_refused_naming_the_protocol() -> None:
     config = ClusterConfig(local_node_endpoint=endpoint, members=(endpoint,), node_id="idle")
     with pytest.raises(TypeError, match=r"takes a ClusterForwarder .*forward\(command"):
         ClusterNode(config, storage=MemoryStorage("idle"), forwarder="http")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [0.0, -0.5, -30.0])
+def test_forwarding_with_no_time_left_is_a_commit_timeout_not_a_socket_error(
+    timeout: float,
+) -> None:
+    """A retry that wakes after its deadline used to hand a negative timeout to the socket
+    (ValueError: Timeout value out of range, seen with 10,000 locks renewing at once)."""
+    from catga_sync.transport.proposals import ProposalClient
+
+    with socket_listening() as port:
+        client = ProposalClient(
+            sender_id="http://127.0.0.1:1",
+            sender_name="node-a",
+            secret=None,
+            url_prefix="/_catga",
+            connect_timeout=0.5,
+        )
+        with pytest.raises(CommitTimeoutError, match="no time was left"):
+            client.forward(f"http://127.0.0.1:{port}", b"{}", timeout)
+
+
+@contextlib.contextmanager
+def socket_listening() -> Iterator[int]:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()

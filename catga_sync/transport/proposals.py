@@ -115,6 +115,10 @@ class ProposalClient:
         CommitTimeoutError when it could not say in time, ForwardingError when it could not be
         reached or refused the request.
         """
+        if not timeout > 0:  # a retry that woke after its deadline: nothing left to wait for
+            raise CommitTimeoutError(
+                f"no time was left to forward the proposal to the leader {leader}"
+            )
         path = f"{self.url_prefix}{PROPOSE_PATH}"
         body = encode_proposal(data, timeout)
         headers = peer_post_headers(
