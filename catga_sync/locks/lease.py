@@ -89,7 +89,7 @@ class LocalHolding:
         return self._watch.state == "granted"
 
     def renew(self, name: str, token: int, timeout: float) -> None:
-        self._node.state(LockTable, timeout=timeout).renew(name, token)
+        self._monitor.renewals.renew(name, token, timeout)  # shares entries with the others
 
     def release(self, name: str, token: int) -> None:
         self._node.state(LockTable).release(name, token)

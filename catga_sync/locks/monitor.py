@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NotRegisteredError
 from ..runtime.extension import Extension
 from ..runtime.leadership import LeadershipChange, LeadershipWatch
+from .renewals import RenewalGroup
 from .table import LockTable
 
 if TYPE_CHECKING:
@@ -180,6 +181,8 @@ class LeaseMonitor(Extension):
 
     def install(self, node: NodeHandle) -> None:
         self._node = node
+        self.renewals = RenewalGroup(node)
+        """This node's lease renewals, coalesced into shared entries."""
         self.table = LockTable(self)
         node.register(self.table)
         LeadershipWatch(node, self.on_leadership)

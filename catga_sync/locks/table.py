@@ -26,6 +26,8 @@ MAX_NAME = 256
 MAX_OWNER = 256
 MAX_HOLDER = 64
 MAX_WAITERS = 1024
+MAX_RENEWALS = 1000
+"""Renewals in one ``renew_many`` entry at most (names of 256 characters: about 300 KB)."""
 """Waiters queued on one lock; more are refused (the lock is busy)."""
 
 
@@ -186,6 +188,29 @@ class LockTable(StateMachine):
         if self._listener is not None:
             self._listener.renewed(name, lock)
         return {"token": token, "ttl": lock["ttl"]}
+
+    @command
+    def renew_many(self, renewals: list[list[Any]]) -> list[dict[str, Any]]:
+        """Renew several grants in one entry (:mod:`catga_sync.locks.renewals`):
+        ``[[name, token], ...]``, each as :meth:`renew` would. A grant that no longer holds
+        gets ``{"error": why}`` in its place and the others are renewed all the same; a
+        malformed list (InvalidLockRequestError) renews none."""
+        if not isinstance(renewals, list) or not 1 <= len(renewals) <= MAX_RENEWALS:
+            raise InvalidLockRequestError(
+                f"renew_many takes a list of 1 to {MAX_RENEWALS} [name, token] pairs"
+            )
+        for pair in renewals:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise InvalidLockRequestError(f"a renewal is a [name, token] pair, not {pair!r}")
+            check_name(pair[0])
+            check_token(pair[1])
+        answers: list[dict[str, Any]] = []
+        for name, token in renewals:
+            try:
+                answers.append(self.renew(name, token))
+            except LockNotHeldError as exc:
+                answers.append({"error": str(exc)})
+        return answers
 
     @command
     def release(self, name: str, token: int) -> dict[str, Any]:
