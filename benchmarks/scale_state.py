@@ -248,8 +248,7 @@ def write_plot(path: str, figures: list[StateFigures], title: str) -> None:
         mib.plot(sizes, values, marker="o", label=label)
     mib.set(xscale="log", yscale="log", xlabel="orders", ylabel="MiB", title="size")
     mib.legend()
-    fig.suptitle(title, fontsize=9)
-    save(fig, path)
+    save(fig, title, path)
 
 
 def main() -> None:
@@ -268,7 +267,15 @@ def main() -> None:
     figures: list[StateFigures] = []
     with tempfile.TemporaryDirectory(prefix="catga-scale-state-") as tmp:
         for orders in sizes:
-            figures.append(measure_size(orders, Path(tmp) / str(orders)))
+            state = Path(tmp) / str(orders)
+            try:
+                figures.append(measure_size(orders, state))
+            except Exception as exc:
+                print(f"  {orders:,} orders FAILED: {exc}", flush=True)
+                for log in sorted(state.glob("node*.log")):
+                    tail = log.read_text(errors="replace").splitlines()[-15:]
+                    print(f"  --- {log.name}:\n    " + "\n    ".join(tail))
+                continue
             print(f"  {orders:,} orders measured ({load_line('now')})", flush=True)
     print()
     table = rows(figures)

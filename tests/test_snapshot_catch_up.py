@@ -104,3 +104,25 @@ def test_a_follower_100k_entries_behind_catches_up_through_a_snapshot() -> None:
         f"k{n % KEYS}": n for n in range(BEHIND + 500)
     }
     cluster.check_converged()
+
+
+def test_a_chunk_slower_to_answer_than_a_heartbeat_is_not_sent_again_on_every_heartbeat() -> None:
+    """Each heartbeat answer used to resend the chunk the follower awaited: with chunks that
+    take longer than a heartbeat interval to be answered (a 94 MB snapshot over HTTP), copies
+    piled up faster than they were answered and a new member never caught up. A chunk goes
+    again only when an election timeout passed without its answer."""
+    cluster = CountingCluster(3, seed=7, state_machine=replicated_state, snapshot_chunk_bytes=256)
+    leader = cluster.wait_for_leader()
+    lagging = next(n for n in cluster.nodes if n != leader)
+    cluster.isolate(lagging)
+    commit_batches(cluster, leader, 0, 5_000)
+    snapshot = cluster.compact(leader)
+    target = cluster.core(leader).commit_index
+    cluster.heal()
+    for link in ((leader, lagging), (lagging, leader)):
+        cluster.set_faults(delay=(3, 3), link=link)  # a round trip of 6 heartbeat intervals
+    cluster.run_until(lambda: cluster.core(lagging).applied_index >= target, max_ticks=20_000)
+    needed = -(-len(snapshot.data) // 256)
+    assert needed > 20
+    assert cluster.snapshot_chunks[lagging] <= needed * 1.2 + 2
+    cluster.check_converged()

@@ -908,7 +908,9 @@ class RaftCore:
         if progress.state is ProgressState.REPLICATE and progress.is_paused():
             progress.inflight.popleft()  # a response went missing; let one more through
         if progress.state is ProgressState.SNAPSHOT:
-            self._send_snapshot_chunk(m.frm, progress)  # retransmit the chunk it still awaits
+            progress.snapshot_waits += 1
+            if progress.snapshot_waits * self.config.heartbeat_ticks >= self.config.election_ticks:
+                self._send_snapshot_chunk(m.frm, progress)  # the chunk it awaits was lost
         elif progress.match < self.log.last_index:
             self._send_append(m.frm)
         if m.frm == self.lead_transferee and progress.match == self.log.last_index:
@@ -937,6 +939,7 @@ class RaftCore:
                 hashlib.sha256(snapshot.data).hexdigest(),
             )
         offset = progress.snapshot_offset
+        progress.snapshot_waits = 0
         chunk = snapshot.data[offset : offset + self.config.snapshot_chunk_bytes]
         self._send(
             InstallSnapshot(

@@ -31,6 +31,7 @@ class Progress:
         "probe_sent",
         "recent_active",
         "snapshot_offset",
+        "snapshot_waits",
         "state",
     )
 
@@ -49,6 +50,11 @@ class Progress:
         ``RaftCore._broadcast_heartbeat``)."""
         self.pending_snapshot = 0
         self.snapshot_offset = 0
+        self.snapshot_waits = 0
+        """Heartbeat answers since the last snapshot chunk went out unanswered: a chunk is
+        sent again only after an election timeout's worth of them (it was lost), not on each
+        one — a large chunk can take longer than a heartbeat interval to be answered, and
+        resending it on every heartbeat piled up copies faster than they were answered."""
         self.inflight: deque[int] = deque()
         self.max_inflight = max_inflight
 
