@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import LocalCluster
 
 from catga_sync import locks
-from catga_sync.errors import InvalidLockRequestError, LockNotHeldError
+from catga_sync.errors import CommitTimeoutError, InvalidLockRequestError, LockNotHeldError
 from catga_sync.locks import LeaseMonitor, LockTable
 from catga_sync.locks.table import MAX_RENEWALS
 from catga_sync.node import ClusterNode
@@ -19,7 +20,11 @@ WAIT = 10.0
 
 @pytest.fixture
 def leader() -> Iterator[ClusterNode]:
-    cluster = LocalCluster(3, committed_leader=True, wait=WAIT).start()
+    # Slow timeouts: the tests hold the leader's loop up for a moment, which must not look
+    # like a dead leader to the followers.
+    cluster = LocalCluster(
+        3, committed_leader=True, wait=WAIT, election_timeout=1.0, heartbeat_interval=0.1
+    ).start()
     try:
         yield cluster.leader()
     finally:
@@ -32,10 +37,53 @@ def monitor_of(node: ClusterNode) -> LeaseMonitor:
     return listener
 
 
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
 def test_renewals_that_queue_behind_one_on_its_way_share_the_next_entry(
     leader: ClusterNode,
 ) -> None:
     leases = [locks.acquire(leader, f"r{k}", ttl=60, auto_renew=False) for k in range(21)]
+    group = monitor_of(leader).renewals
+    stalled, go = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def stall() -> None:
+        stalled.set()
+        go.wait(WAIT)
+
+    def renew(lease: locks.Lease) -> None:
+        try:
+            lease.renew()
+        except BaseException as exc:
+            failures.append(exc)
+
+    # The loop is held up, so the first renewal's entry waits; twenty more queue meanwhile.
+    holder = threading.Thread(target=lambda: leader.run_on_loop(stall, timeout=WAIT))
+    holder.start()
+    assert stalled.wait(WAIT)
+    first = threading.Thread(target=renew, args=(leases[0],))
+    first.start()
+    until(lambda: group._sending, "the first renewal to be on its way")
+    others = [threading.Thread(target=renew, args=(lease,)) for lease in leases[1:]]
+    for thread in others:
+        thread.start()
+    until(lambda: len(group._queue) == 20, "twenty renewals to queue")
+    go.set()
+    for thread in [holder, first, *others]:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    assert failures == []
+    assert (group.entries, group.renewals) == (2, 21)
+    assert all(lease.is_valid() for lease in leases)
+
+
+def test_a_renewal_that_waits_past_its_timeout_is_not_sent(leader: ClusterNode) -> None:
+    lease = locks.acquire(leader, "late", ttl=60, auto_renew=False)
     group = monitor_of(leader).renewals
     stalled, go = threading.Event(), threading.Event()
 
@@ -43,24 +91,20 @@ def test_renewals_that_queue_behind_one_on_its_way_share_the_next_entry(
         stalled.set()
         go.wait(WAIT)
 
-    # The loop is held up, so the first renewal's entry waits; twenty more queue meanwhile.
     holder = threading.Thread(target=lambda: leader.run_on_loop(stall, timeout=WAIT))
     holder.start()
     assert stalled.wait(WAIT)
-    first = threading.Thread(target=leases[0].renew)
+    first = threading.Thread(target=lambda: group.renew("late", lease.token, WAIT))
     first.start()
-    while not group._sending:
-        threading.Event().wait(0.001)
-    others = [threading.Thread(target=lease.renew) for lease in leases[1:]]
-    for thread in others:
-        thread.start()
-    while len(group._queue) < 20:
-        threading.Event().wait(0.001)
+    until(lambda: group._sending, "the first renewal to be on its way")
+    started = time.monotonic()
+    with pytest.raises(CommitTimeoutError, match="was not sent"):
+        group.renew("late", lease.token, 0.2)
+    assert time.monotonic() - started < WAIT / 2
     go.set()
-    for thread in [holder, first, *others]:
+    for thread in (holder, first):
         thread.join(WAIT)
-    assert (group.entries, group.renewals) == (2, 21)
-    assert all(lease.is_valid() for lease in leases)
+    assert (group.entries, group.renewals) == (1, 1)
 
 
 def test_a_grant_gone_fails_its_own_renewal_only(leader: ClusterNode) -> None:

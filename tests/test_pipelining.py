@@ -302,7 +302,8 @@ def test_a_cluster_with_a_deep_pipeline_commits_everything_everywhere(tmp_path: 
             node.wait_for(lambda s: s.last_applied >= last_set, WAIT)
             assert node.state(ReplicatedDict).local.size() == 240
         # The setting reached the transports: three senders (and connections) per peer.
-        names = [t.name for t in threading.enumerate() if t.name.startswith("catga-send ")]
-        assert sum(name.endswith(" #3") for name in names) == 6
+        ours = [f"catga-send {e} #3" for e in cluster.endpoints]
+        names = [t.name for t in threading.enumerate()]
+        assert sum(names.count(name) for name in ours) == 6
     finally:
         cluster.stop()

@@ -15,7 +15,10 @@ its lease from before it joined the queue, so the wait only makes it more carefu
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,15 +31,25 @@ if TYPE_CHECKING:
 __all__ = ["RenewalGroup"]
 
 
+BATCH_BYTES = 16 << 10
+"""JSON bytes of names in one entry at most: with base64 and the message around it, an entry
+stays far below the smallest ``max_message_bytes`` (64 KiB) a cluster may set."""
+
+
 @dataclass(slots=True)
 class _Renewal:
     name: str
     token: int
-    timeout: float
+    deadline: float
+    """On ``time.monotonic()``: past it, its holder no longer wants the answer."""
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     drive: bool = False
     """Set with ``done`` when it is this renewal's thread that must send the next entry."""
+
+    @property
+    def size(self) -> int:
+        return len(json.dumps(self.name)) + 24
 
 
 class RenewalGroup:
@@ -53,8 +66,9 @@ class RenewalGroup:
         """Renewals they carried."""
 
     def renew(self, name: str, token: int, timeout: float) -> None:
-        """Renew the grant ``token`` of lock ``name``, within ``timeout`` seconds."""
-        mine = _Renewal(name, token, timeout)
+        """Renew the grant ``token`` of lock ``name``; CommitTimeoutError if that takes more
+        than ``timeout`` seconds, waiting for its turn included."""
+        mine = _Renewal(name, token, time.monotonic() + timeout)
         with self._lock:
             self._queue.append(mine)
             drive = not self._sending
@@ -62,37 +76,66 @@ class RenewalGroup:
         while True:
             if drive:
                 self._send()
-            elif not mine.done.wait(timeout):
+            elif not mine.done.wait(max(0.0, mine.deadline - time.monotonic())):
                 with self._lock:
                     if mine in self._queue and not mine.drive:  # still waiting: give up on it
                         self._queue.remove(mine)
                         raise CommitTimeoutError(
                             f"the renewal of lock {name!r} (token {token}) waited "
-                            f"{timeout:.2f}s for an earlier one and was not sent"
+                            f"{timeout:.2f}s for earlier ones and was not sent"
                         )
-                mine.done.wait()  # sent meanwhile: its entry's answer comes within its timeout
-            if mine.drive and not mine.error:
+                # Taken into an entry meanwhile, whose own timeout is at most ours: its answer
+                # comes about now (the margin covers the loop's hand-back).
+                if not mine.done.wait(_ANSWER_MARGIN) and not mine.drive:
+                    raise CommitTimeoutError(
+                        f"the renewal of lock {name!r} (token {token}) was not answered "
+                        f"within {timeout:.2f}s"
+                    )
+            if mine.drive and mine.error is None:
                 mine.drive, drive = False, True
                 mine.done.clear()
                 continue
             if mine.error is not None:
-                raise mine.error
+                raise _own_copy(mine.error)
             return
 
-    def _send(self) -> None:
-        """Send one entry with everything queued (up to :data:`MAX_RENEWALS`), answer each,
-        then hand the sending on to a renewal still waiting, or stop."""
+    def _take(self) -> list[_Renewal]:
+        """The next entry's renewals: the oldest queued, within both bounds. Those past their
+        deadline are answered with a timeout instead (their holders count them lost anyway)."""
+        now = time.monotonic()
+        batch: list[_Renewal] = []
+        size = 0
         with self._lock:
-            batch, self._queue = self._queue[:MAX_RENEWALS], self._queue[MAX_RENEWALS:]
-        timeout = min(r.timeout for r in batch)
+            while self._queue and len(batch) < MAX_RENEWALS:
+                renewal = self._queue[0]
+                if batch and size + renewal.size > BATCH_BYTES:
+                    break
+                self._queue.pop(0)
+                if renewal.deadline <= now:  # even the sender's own: it would fail the rest
+                    renewal.drive = False
+                    renewal.error = CommitTimeoutError(
+                        f"the renewal of lock {renewal.name!r} timed out before it was sent"
+                    )
+                    renewal.done.set()
+                    continue
+                batch.append(renewal)
+                size += renewal.size
+        return batch
+
+    def _send(self) -> None:
+        """Send one entry with the oldest queued renewals, answer each, then hand the sending
+        on to a renewal still waiting, or stop."""
+        batch = self._take()
         try:
-            table = self._node.state(LockTable, timeout=timeout)
-            answers: list[dict[str, Any]] = table.renew_many([[r.name, r.token] for r in batch])
-            self.entries += 1
-            self.renewals += len(batch)
-            for renewal, answer in zip(batch, answers, strict=True):
-                if "error" in answer:
-                    renewal.error = LockNotHeldError(answer["error"])
+            if batch:
+                timeout = max(0.001, min(r.deadline for r in batch) - time.monotonic())
+                table = self._node.state(LockTable, timeout=timeout)
+                answers: list[dict[str, Any]] = table.renew_many([[r.name, r.token] for r in batch])
+                self.entries += 1
+                self.renewals += len(batch)
+                for renewal, answer in zip(batch, answers, strict=True):
+                    if "error" in answer:
+                        renewal.error = LockNotHeldError(answer["error"])
         except BaseException as exc:  # the entry failed (or a bug): every renewal in it did
             for renewal in batch:
                 renewal.error = exc
@@ -106,4 +149,21 @@ class RenewalGroup:
                 else:
                     self._sending = False
             for renewal in batch:
+                renewal.drive = False
                 renewal.done.set()
+
+
+_ANSWER_MARGIN = 1.0
+"""Seconds a renewal taken into an entry waits past its own deadline for that entry's answer."""
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """``error`` for one waiter: an entry's failure is raised in every thread it failed, and
+    one exception object raised in several threads at once mixes their tracebacks."""
+    try:
+        twin = copy.copy(error)
+    except Exception:
+        return error
+    twin.__traceback__ = None
+    twin.__cause__ = error.__cause__
+    return twin

@@ -26,9 +26,9 @@ MAX_NAME = 256
 MAX_OWNER = 256
 MAX_HOLDER = 64
 MAX_WAITERS = 1024
-MAX_RENEWALS = 1000
-"""Renewals in one ``renew_many`` entry at most (names of 256 characters: about 300 KB)."""
 """Waiters queued on one lock; more are refused (the lock is busy)."""
+MAX_RENEWALS = 1000
+"""Renewals in one ``renew_many`` entry at most (the sender also bounds its size)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -907,7 +907,8 @@ class RaftCore:
         progress.probe_sent = False
         if progress.state is ProgressState.REPLICATE and progress.is_paused():
             progress.inflight.popleft()  # a response went missing; let one more through
-        if progress.state is ProgressState.SNAPSHOT:
+        if progress.state is ProgressState.SNAPSHOT and not m.context:
+            # Periodic heartbeats only: a read's heartbeat rounds would count faster.
             progress.snapshot_waits += 1
             if progress.snapshot_waits * self.config.heartbeat_ticks >= self.config.election_ticks:
                 self._send_snapshot_chunk(m.frm, progress)  # the chunk it awaits was lost
@@ -964,6 +965,11 @@ class RaftCore:
             self._send_append(m.frm)
             return
         if m.index != progress.pending_snapshot:
+            return
+        if not m.reject and m.offset == progress.snapshot_offset:
+            # A second answer for a chunk sent twice (once again after a timeout): the chunk
+            # it asks for is on its way already; answering every answer would double the
+            # stream for good. A loss is the retransmit timer's to mend.
             return
         progress.snapshot_offset = 0 if m.reject else m.offset
         self._send_snapshot_chunk(m.frm, progress)

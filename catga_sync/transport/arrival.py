@@ -30,8 +30,8 @@ take to parse two requests apart, even on a loaded machine, and a third of the s
 election timeout. Only a predecessor lost on the way makes anyone wait this long."""
 
 _MAX_STREAMS = 64
-"""Senders remembered at once; the least recently heard is forgotten first (a forgotten sender's
-next request just waits for nothing)."""
+"""Streams remembered at once; the least recently heard is forgotten first (a forgotten
+stream's next request waits once, as after a restart)."""
 
 
 def parse_stream(value: str | None) -> tuple[str, int] | None:
@@ -73,6 +73,11 @@ class Turn:
         self._key = key
         self._seq = seq
         self._released = order is None
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the request carried a stream header (its sender pipelines)."""
+        return self._order is not None
 
     def wait(self, timeout: float = MAX_WAIT) -> bool:
         """Block until every earlier request of the stream was queued; False if ``timeout``
@@ -124,6 +129,7 @@ class ArrivalOrder:
             stream = self._streams[key] = _Stream(1)
             while len(self._streams) > _MAX_STREAMS:
                 self._streams.popitem(last=False)
+                self._cond.notify_all()  # a request waiting on it stops waiting
         self._streams.move_to_end(key)
         return stream
 
@@ -135,6 +141,8 @@ class ArrivalOrder:
             self.waits += 1
             deadline = time.monotonic() + timeout
             while seq > stream.next:
+                if self._streams.get(key) is not stream:
+                    return True  # forgotten meanwhile (64 other streams): nothing to wait for
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.timeouts += 1

@@ -219,9 +219,12 @@ def create_peer_blueprint(
         receive_and_reply = getattr(receiver, "receive_and_reply", None)
         if request.headers.get(HEADER_REPLY) == INLINE_REPLY and receive_and_reply is not None:
             with turn:
-                replies = receive_and_reply(
-                    messages, sender_name, INLINE_REPLY_WAIT, queued=turn.release
-                )
+                if turn.ordered:  # the next request of the stream may go once these are queued
+                    replies = receive_and_reply(
+                        messages, sender_name, INLINE_REPLY_WAIT, queued=turn.release
+                    )
+                else:  # as before pipelining: a receiver need not know ``queued``
+                    replies = receive_and_reply(messages, sender_name, INLINE_REPLY_WAIT)
             answer = encode_batch(replies)
             headers = reply_headers(
                 gate.secret,
