@@ -907,9 +907,9 @@ class RaftCore:
         progress.probe_sent = False
         if progress.state is ProgressState.REPLICATE and progress.is_paused():
             progress.inflight.popleft()  # a response went missing; let one more through
-        if progress.state is ProgressState.SNAPSHOT and not m.context:
-            # Periodic heartbeats only: a read's heartbeat rounds would count faster.
-            progress.snapshot_waits += 1
+        if progress.state is ProgressState.SNAPSHOT:
+            if not m.context:  # periodic heartbeats only: a read's rounds would count faster
+                progress.snapshot_waits += 1
             if progress.snapshot_waits * self.config.heartbeat_ticks >= self.config.election_ticks:
                 self._send_snapshot_chunk(m.frm, progress)  # the chunk it awaits was lost
         elif progress.match < self.log.last_index:
