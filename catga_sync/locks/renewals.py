@@ -46,10 +46,11 @@ class _Renewal:
     error: BaseException | None = None
     drive: bool = False
     """Set with ``done`` when it is this renewal's thread that must send the next entry."""
+    size: int = field(init=False)
+    """Its share of an entry's bytes: the name as JSON, and room for the token."""
 
-    @property
-    def size(self) -> int:
-        return len(json.dumps(self.name)) + 24
+    def __post_init__(self) -> None:
+        self.size = len(json.dumps(self.name)) + 24
 
 
 class RenewalGroup:
