@@ -50,6 +50,27 @@ class RecordingReceiver:
             return True
 
 
+class InlineReceiver(RecordingReceiver):
+    """A RecordingReceiver that answers inline, as a node does: it records the batch, says it
+    is queued, and returns :meth:`answer` (nothing, unless a test says otherwise)."""
+
+    def receive_and_reply(
+        self,
+        messages: Sequence[Message],
+        sender_name: str | None,
+        timeout: float,
+        *,
+        queued: Callable[[], None] | None = None,
+    ) -> list[Message]:
+        self.receive(messages, sender_name)
+        if queued is not None:
+            queued()
+        return self.answer(messages)
+
+    def answer(self, messages: Sequence[Message]) -> list[Message]:
+        return []
+
+
 def heartbeat(frm: str, to: str, term: int = 1, commit: int = 0, context: str = "") -> Heartbeat:
     return Heartbeat(term, frm, to, commit, context)
 

@@ -4,7 +4,6 @@ refusals, exactly-once per idempotency key), and the Flask view decorators."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import http.client
 import json
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 import requests
+from _peer_support import blackhole
 from flask import Flask, Response, jsonify, request
 from helpers import LocalCluster, free_ports
 
@@ -882,7 +882,7 @@ def test_forwarding_with_no_time_left_is_a_commit_timeout_not_a_socket_error(
     (ValueError: Timeout value out of range, seen with 10,000 locks renewing at once)."""
     from catga_sync.transport.proposals import ProposalClient
 
-    with socket_listening() as port:
+    with blackhole() as port:
         client = ProposalClient(
             sender_id="http://127.0.0.1:1",
             sender_name="node-a",
@@ -892,16 +892,3 @@ def test_forwarding_with_no_time_left_is_a_commit_timeout_not_a_socket_error(
         )
         with pytest.raises(CommitTimeoutError, match="no time was left"):
             client.forward(f"http://127.0.0.1:{port}", b"{}", timeout)
-
-
-@contextlib.contextmanager
-def socket_listening() -> Iterator[int]:
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()

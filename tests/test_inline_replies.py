@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
-from _peer_support import RecordingReceiver, heartbeat, heartbeat_response, peer_app, serve
+from _peer_support import (
+    InlineReceiver,
+    RecordingReceiver,
+    heartbeat,
+    heartbeat_response,
+    peer_app,
+    serve,
+)
 from helpers import LocalCluster
 
 from catga_sync.errors import PeerAuthError
@@ -28,20 +35,10 @@ ME = "http://127.0.0.1:5000"
 WAIT = 10.0
 
 
-class AnsweringReceiver(RecordingReceiver):
+class AnsweringReceiver(InlineReceiver):
     """A receiver that answers every heartbeat inline, as a node's Raft loop would."""
 
-    def receive_and_reply(
-        self,
-        messages: Sequence[Message],
-        sender_name: str | None,
-        timeout: float,
-        *,
-        queued: Callable[[], None] | None = None,
-    ) -> list[Message]:
-        self.receive(messages, sender_name)
-        if queued is not None:
-            queued()
+    def answer(self, messages: Sequence[Message]) -> list[Message]:
         return [heartbeat_response(self.raft_id, m.frm, m.term, m.context) for m in messages]
 
 

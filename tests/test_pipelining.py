@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _peer_support import RecordingReceiver, append, peer_app, serve
+from _peer_support import InlineReceiver, RecordingReceiver, append, peer_app, serve
 from helpers import LocalCluster
 
 from catga_sync.errors import ConfigError
@@ -181,7 +181,7 @@ def test_the_blueprint_queues_a_stream_in_order_and_only_with_the_header(ordered
 # The sender
 
 
-class SlowDisk(RecordingReceiver):
+class SlowDisk(InlineReceiver):
     """Answers inline, as a node does, and holds its first answer as a slow fsync would: the
     request stays in flight after its messages are queued."""
 
@@ -189,17 +189,7 @@ class SlowDisk(RecordingReceiver):
         super().__init__("placeholder")
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def receive_and_reply(
-        self,
-        messages: Sequence[Message],
-        sender_name: str | None,
-        timeout: float,
-        *,
-        queued: Callable[[], None] | None = None,
-    ) -> list[Message]:
-        self.receive(messages, sender_name)
-        if queued is not None:
-            queued()
+    def answer(self, messages: Sequence[Message]) -> list[Message]:
         if not self.entered.is_set():
             self.entered.set()
             self.release.wait(WAIT)
