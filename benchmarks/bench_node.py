@@ -84,6 +84,21 @@ PIPELINE_DEPTH_ENV = "CATGA_BENCH_PIPELINE_DEPTH"
 """The benchmarks' ``--pipeline-depth``, handed to the node processes they start."""
 
 
+def add_pipeline_depth_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pipeline-depth",
+        type=int,
+        default=1,
+        metavar="N",
+        help="catga_sync's Cluster:PipelineDepth on every node (default: 1, the default's)",
+    )
+
+
+def use_pipeline_depth(args: argparse.Namespace) -> None:
+    """Give every node of this run, in this process and in those it starts, the depth."""
+    os.environ[PIPELINE_DEPTH_ENV] = str(args.pipeline_depth)
+
+
 def catga_node(
     endpoint: str,
     members: Sequence[str],

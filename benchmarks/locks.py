@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -48,7 +47,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_node import LOCK_TTL, PIPELINE_DEPTH_ENV, catga_node, pysyncobj_counter
+from bench_node import (
+    LOCK_TTL,
+    add_pipeline_depth_option,
+    catga_node,
+    pysyncobj_counter,
+    use_pipeline_depth,
+)
 from etcd_cluster import Gateway, b64, etcd_cluster
 from report import (
     MATPLOTLIB_MISSING,
@@ -347,15 +352,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: catga,pysyncobj,etcd")
     parser.add_argument("--etcd", default="etcd", help="the etcd binary (default: on PATH)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of the figures (matplotlib)")
-    parser.add_argument(
-        "--pipeline-depth",
-        type=int,
-        default=1,
-        metavar="N",
-        help="catga_sync's Cluster:PipelineDepth on every node (default: 1, the default's)",
-    )
+    add_pipeline_depth_option(parser)
     args = parser.parse_args()
-    os.environ[PIPELINE_DEPTH_ENV] = str(args.pipeline_depth)  # the peer processes inherit it
+    use_pipeline_depth(args)
     if args.plot and not matplotlib_available():
         parser.error(MATPLOTLIB_MISSING)
     exit_on_sigterm()
