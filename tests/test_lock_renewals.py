@@ -1,4 +1,6 @@
-"""Lease renewals through one node share log entries (catga_sync/locks/renewals.py)."""
+"""Lease renewals through one node share log entries (catga_sync/locks/renewals.py), and one
+lease keeper per node renews every lease held through it (catga_sync/locks/keeper.py): no
+thread per lease, the leases due together in shared entries, a lost lease told at once."""
 
 from __future__ import annotations
 
@@ -139,3 +141,94 @@ def test_a_malformed_batch_renews_nothing(leader: ClusterNode, renewals: object)
 def test_a_batch_holds_at_most_max_renewals(leader: ClusterNode) -> None:
     with pytest.raises(InvalidLockRequestError, match=str(MAX_RENEWALS)):
         leader.state(LockTable).renew_many([["x", 1]] * (MAX_RENEWALS + 1))
+
+
+# -- the lease keeper ------------------------------------------------------------------------
+
+
+def lease_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("catga-lease-")]
+
+
+def test_many_leases_through_one_node_are_kept_by_one_thread(leader: ClusterNode) -> None:
+    leases = [locks.acquire(leader, f"k{n}", ttl=60) for n in range(50)]
+    keeper = monitor_of(leader).keeper
+    assert keeper.kept == 50
+    assert lease_threads() == [f"catga-lease-keeper-{leader.node_id}"]
+    for lease in leases:
+        lease.release()
+    until(lambda: keeper.kept == 0, "the released leases to be let go")
+    until(lambda: lease_threads() == [], "the keeper's thread to end with its last lease")
+    with locks.acquire(leader, "again", ttl=60) as again:  # and it starts again with the next
+        assert again.is_valid()
+        assert lease_threads() == [f"catga-lease-keeper-{leader.node_id}"]
+
+
+def test_leases_due_together_are_renewed_in_shared_entries(leader: ClusterNode) -> None:
+    count = MAX_RENEWALS + 200  # more than one entry holds
+    group = monitor_of(leader).renewals
+    grants = [[f"s{n}", 60, "h"] for n in range(count)]
+    table = leader.state(LockTable)
+    leases = []
+    for chunk in range(0, count, 100):  # taken in a few quick rounds: they fall due together
+        threads = [
+            threading.Thread(
+                target=lambda name=name: leases.append(locks.acquire(leader, name, ttl=3))
+            )
+            for name, _, _ in grants[chunk : chunk + 100]
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+    assert len(leases) == count
+    entries, renewals = group.entries, group.renewals
+    tokens = {lease.name: lease.token for lease in leases}
+    until(lambda: group.renewals - renewals >= 2 * count, "two rounds of renewals")
+    assert all(lease.is_valid() for lease in leases)
+    assert group.entries - entries < group.renewals - renewals  # entries were shared
+    # Shared, and only as many entries as the size bounds ask: two per round, a few rounds.
+    assert (group.renewals - renewals) / (group.entries - entries) > 50
+    described = {name: table.describe(name)["token"] for name in tokens}
+    assert described == tokens  # still held by the same grants
+    for lease in leases:
+        lease.release()
+
+
+def test_a_lease_whose_lock_is_freed_is_lost_at_once_and_its_callback_runs_apart(
+    leader: ClusterNode,
+) -> None:
+    stuck, go = threading.Event(), threading.Event()
+    callback_threads: list[str] = []
+
+    def slow_callback(lease: locks.Lease) -> None:
+        callback_threads.append(threading.current_thread().name)
+        stuck.set()
+        go.wait(WAIT)  # a callback that takes its time holds up no other lease
+
+    doomed = locks.acquire(leader, "doomed", ttl=60)
+    doomed.on_lost(slow_callback)
+    kept = locks.acquire(leader, "kept", ttl=1.5)
+    leader.state(LockTable).release("doomed", doomed.token)  # freed behind the holder's back
+    assert doomed.lost.wait(WAIT)  # told by its watch, not at its next renewal 20 s later
+    assert stuck.wait(WAIT)
+    assert callback_threads and not callback_threads[0].startswith("catga-lease-keeper")
+    sent = kept.valid_until
+    until(lambda: kept.valid_until > sent + 0.3, "the other lease to be renewed meanwhile")
+    assert kept.is_valid()
+    go.set()
+    with pytest.raises(LockNotHeldError, match="lost before its release"):
+        doomed.release()
+    kept.release()
+
+
+def test_a_refused_renewal_marks_only_its_own_lease_lost(leader: ClusterNode) -> None:
+    group = monitor_of(leader).renewals
+    one = locks.acquire(leader, "one", ttl=60)
+    two = locks.acquire(leader, "two", ttl=60)
+    errors = group.renew_batch([("one", one.token), ("two", two.token + 1000)], timeout=WAIT)
+    assert errors[0] is None
+    assert isinstance(errors[1], LockNotHeldError)
+    assert two._renew_failed(errors[1]) == "lost"
+    assert two.lost.is_set() and not one.lost.is_set()
+    one.release()

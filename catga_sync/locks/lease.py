@@ -1,7 +1,7 @@
 """The holder's side: :func:`acquire` (and its shapes), and the :class:`Lease` it returns.
 
 A :class:`Lease` is the holder's handle on a granted lock: the fencing token,
-:meth:`Lease.is_valid`, a renewal thread while it is held, and its release. The holder counts
+:meth:`Lease.is_valid`, its renewal while it is held, and its release. The holder counts
 its lease from when it *sent* the request the cluster applied last for it, for
 ``ttl × (1 - CLOCK_DRIFT)`` (the package docstring says why that is safe).
 """
@@ -47,7 +47,7 @@ class Holding(Protocol):
     (:class:`catga_sync.client.ClusterClient`)."""
 
     event: threading.Event
-    """Set to wake the renewal thread (the grant was freed, the lease released)."""
+    """Set to wake whoever keeps the lease (the grant was freed, the lease released)."""
 
     @property
     def reason(self) -> str:
@@ -79,7 +79,7 @@ class LocalHolding:
         self._node = node
         self._monitor = monitor
         self._watch = watch
-        self.event = watch.event
+        self.event: threading.Event = watch.event
 
     @property
     def reason(self) -> str:
@@ -94,6 +94,12 @@ class LocalHolding:
     def release(self, name: str, token: int) -> None:
         self._node.state(LockTable).release(name, token)
 
+    def keep(self, lease: Lease) -> None:
+        """Have the node's lease keeper keep ``lease``: renew it, and tell when it is lost."""
+        keeper = self._monitor.keeper
+        self._watch.event.on_set = lambda: keeper.poke(lease)
+        keeper.add(lease)
+
     def close(self) -> None:
         self._monitor.unwatch(self._watch.holder)
 
@@ -101,11 +107,13 @@ class LocalHolding:
 class Lease:
     """A held lock: its fencing ``token``, whether it is still valid, and its release.
 
-    Renewed every ``ttl / 3`` by a thread of its own while held (unless ``auto_renew`` was
-    off). When the lease is lost — it expired, a renewal was refused, or no renewal succeeded
-    in time — :attr:`lost` is set and the :meth:`on_lost` callbacks run (on that thread). Use it
-    as a context manager: leaving the block releases it. A lease nobody releases is renewed as
-    long as its process lives, like a lock nobody unlocks.
+    Renewed every ``ttl / 3`` while held (unless ``auto_renew`` was off): by the node's
+    :class:`~catga_sync.locks.keeper.LeaseKeeper`, with the other leases due, or from outside
+    the cluster by a thread of its own. When the lease is lost — it expired, a renewal was
+    refused, or no renewal succeeded in time — :attr:`lost` is set and the :meth:`on_lost`
+    callbacks run (on a thread of their own, or the lease's). Use it as a context manager:
+    leaving the block releases it. A lease nobody releases is renewed as long as its process
+    lives, like a lock nobody unlocks.
     """
 
     def __init__(
@@ -178,7 +186,7 @@ class Lease:
     # -- renewal and release -------------------------------------------------------------------
 
     def renew(self) -> None:
-        """Renew the lease now (the renewal thread does this by itself): LockNotHeldError if
+        """Renew the lease now (it is renewed by itself): LockNotHeldError if
         the lock is no longer held with this token."""
         if self._released:
             raise LockNotHeldError(f"lock {self.name!r} (token {self.token}) was released")
@@ -200,7 +208,7 @@ class Lease:
                     f"lock {self.name!r} (token {self.token}) was already released by this holder"
                 )
             self._released = True
-        self._holding.event.set()  # the renewal thread ends
+        self._holding.event.set()  # its keeper lets it go
         lost = self.lost.is_set() or not self._holding.granted()
         try:
             if self._holding.granted():  # held as far as this holder knows: free it
@@ -235,44 +243,93 @@ class Lease:
         except CatgaError as error:  # no leader to take the release: the lease will expire
             log.warning("lock %r (token %d) not released: %s", self.name, self.token, error)
 
-    # -- the renewal thread ----------------------------------------------------------------------
+    # -- keeping it: the node's lease keeper, or a thread of its own --------------------------
 
     def _start(self) -> None:
+        holding = self._holding
+        if isinstance(holding, LocalHolding):
+            holding.keep(self)
+            return
         self._keeper = threading.Thread(
             target=self._keep, name=f"catga-lease-{self.name[:40]}-{self.token}", daemon=True
         )
         self._keeper.start()
 
+    @property
+    def _renew_window(self) -> float:
+        """How long before its time a renewal may go, to share an entry with others due: a
+        lease is then renewed between a fourth and a third of its TTL after the last."""
+        return self.ttl / 12 if self._auto_renew else 0.0
+
+    def _next_step(self, early: float = 0.0) -> tuple[str, float]:
+        """What keeping the lease takes now: ``("renew", now)`` (due, or due within ``early``
+        seconds), ``("wait", until)``, ``("lost", 0)`` (marked lost: :meth:`_end` is left to
+        run) or ``("stop", 0)`` (released)."""
+        holding = self._holding
+        if self._released:
+            return "stop", 0.0
+        if not holding.granted():
+            self._mark_lost(holding.reason or "the lock was freed")
+            return "lost", 0.0
+        now = self._clock()
+        if now >= self._valid_until:
+            self._mark_lost("its TTL ran out before a renewal succeeded")
+            return "lost", 0.0
+        if self._auto_renew and now >= self._next_renew - early:
+            return "renew", now
+        return "wait", self._wake_at()
+
+    def _wake_at(self) -> float:
+        with self._lock:
+            if self._auto_renew:
+                return min(self._valid_until, self._next_renew)
+            return self._valid_until
+
+    def _renewed(self, sent: float) -> str:
+        """A renewal sent at ``sent`` succeeded: "wait"."""
+        with self._lock:
+            self._valid_until = max(self._valid_until, sent + self.ttl * (1 - CLOCK_DRIFT))
+            self._next_renew = sent + self.ttl / 3
+        return "wait"
+
+    def _renew_failed(self, error: BaseException) -> str:
+        """A renewal failed with ``error``: "lost" (refused: marked lost), "stop" (released
+        meanwhile) or "wait" (no leader or quorum right now: retried soon)."""
+        if isinstance(error, LockNotHeldError):
+            if self._released:
+                return "stop"
+            self._mark_lost(str(error))
+            return "lost"
+        log.debug("lock %r: renewal failed, retrying: %s", self.name, error)
+        with self._lock:
+            self._next_renew = self._clock() + min(RETRY_DELAY, self.ttl / 10)
+        return "wait"
+
     def _keep(self) -> None:
+        """The thread of a lease held from outside the cluster (its holding has no keeper)."""
         holding = self._holding
         while True:
             holding.event.clear()
-            if self._released:
-                return
-            if not holding.granted():
-                self._mark_lost(holding.reason or "the lock was freed")
-                break
-            now = self._clock()
-            if now >= self._valid_until:
-                self._mark_lost("its TTL ran out before a renewal succeeded")
-                break
-            if self._auto_renew and now >= self._next_renew:
+            step, _ = self._next_step()
+            if step == "renew":
                 try:
                     self.renew()
-                except LockNotHeldError as exc:
-                    if self._released:
-                        return
-                    self._mark_lost(str(exc))
-                    break
-                except Exception as exc:  # no leader or quorum right now: try again soon
-                    log.debug("lock %r: renewal failed, retrying: %s", self.name, exc)
-                    with self._lock:
-                        self._next_renew = self._clock() + min(RETRY_DELAY, self.ttl / 10)
-                continue
-            wake = min(self._valid_until, self._next_renew) if self._auto_renew else None
-            holding.event.wait(self._valid_until - now if wake is None else wake - now)
+                    continue
+                except Exception as exc:
+                    step = self._renew_failed(exc)
+                if step == "wait":
+                    continue  # retried at its new time
+            if step == "stop":
+                return
+            if step == "lost":
+                break
+            holding.event.wait(max(0.0, self._wake_at() - self._clock()))
+        self._end()
+
+    def _end(self) -> None:
+        """The lease was lost: stop listening for it and run its ``on_lost`` callbacks."""
         if not self._released:
-            holding.close()
+            self._holding.close()
         with self._lock:
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NotRegisteredError
 from ..runtime.extension import Extension
 from ..runtime.leadership import LeadershipChange, LeadershipWatch
+from .keeper import LeaseKeeper
 from .renewals import RenewalGroup
 from .table import LockTable
 
@@ -57,6 +58,20 @@ class _Deadline:
     """The heap entry that stands for this deadline (older ones are skipped)."""
 
 
+class _Signal(threading.Event):
+    """An event that also calls ``on_set`` when set: how the lease keeper hears of a watch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_set: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        on_set = self.on_set
+        if on_set is not None:
+            on_set()
+
+
 class _Watch:
     """This node's view of one acquisition, updated on the Raft loop: ``pending`` (asked or
     queued), ``granted`` (with ``token``), ``freed`` or ``cancelled`` (with ``reason``)."""
@@ -68,7 +83,7 @@ class _Watch:
         self.state = "pending"
         self.token = 0
         self.reason = ""
-        self.event = threading.Event()
+        self.event = _Signal()
 
 
 class LeaseMonitor(Extension):
@@ -183,6 +198,12 @@ class LeaseMonitor(Extension):
         self._node = node
         self.renewals = RenewalGroup(node)
         """This node's lease renewals, coalesced into shared entries."""
+        self.keeper = LeaseKeeper(
+            f"catga-lease-keeper-{node.node_id}",
+            self.renewals,
+            lambda: self.clock(),  # read when used: tests set a clock of their own after install
+        )
+        """The thread that renews this node's leases and tells when one is lost."""
         self.table = LockTable(self)
         node.register(self.table)
         LeadershipWatch(node, self.on_leadership)

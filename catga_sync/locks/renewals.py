@@ -100,6 +100,39 @@ class RenewalGroup:
                 raise _own_copy(mine.error)
             return
 
+    def renew_batch(
+        self, grants: list[tuple[str, int]], timeout: float
+    ) -> list[BaseException | None]:
+        """Renew ``grants`` (``(name, token)`` pairs) in as few entries as their bounds allow,
+        one after the other, each within ``timeout``: for each grant, None (renewed) or why
+        not. Never raises for a failed entry (its grants get its error). For the
+        :class:`~catga_sync.locks.keeper.LeaseKeeper`, which is one thread: it needs no turn
+        in the queue that :meth:`renew` waits in."""
+        errors: list[BaseException | None] = []
+        start = 0
+        while start < len(grants):
+            end, size = start, 0
+            while end < len(grants) and end - start < MAX_RENEWALS:
+                share = len(json.dumps(grants[end][0])) + 24
+                if end > start and size + share > BATCH_BYTES:
+                    break
+                size += share
+                end += 1
+            chunk = grants[start:end]
+            try:
+                table = self._node.state(LockTable, timeout=timeout)
+                answers: list[dict[str, Any]] = table.renew_many([[n, t] for n, t in chunk])
+                self.entries += 1
+                self.renewals += len(chunk)
+                errors.extend(
+                    LockNotHeldError(answer["error"]) if "error" in answer else None
+                    for answer in answers
+                )
+            except CatgaError as exc:
+                errors.extend(_own_copy(exc) for _ in chunk)
+            start = end
+        return errors
+
     def _take(self) -> list[_Renewal]:
         """The next entry's renewals: the oldest queued, within both bounds. Those past their
         deadline are answered with a timeout instead (their holders count them lost anyway)."""
