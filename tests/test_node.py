@@ -235,3 +235,31 @@ def test_a_multi_node_cluster_on_in_memory_state_warns_at_start(
     if warned:
         assert "vote twice in one term" in memory[0].getMessage()
         assert "persistent_state_path" in memory[0].getMessage()
+
+
+def test_the_pacemaker_job_runs_on_the_leader_only(cluster: Cluster) -> None:
+    """The scheduler's tick job wakes a leader's loop for its heartbeats; a follower has none
+    to send, so its job is paused, and the two swap when leadership moves."""
+
+    def job_running(node: ClusterNode) -> bool:
+        job = node.scheduler.get_job(node._pacemaker._job_id)
+        assert job is not None  # paused, never removed, while the node runs
+        return job.next_run_time is not None
+
+    leader = cluster.leader()
+    wait_until(
+        lambda: [job_running(n) for n in cluster.nodes] == [n is leader for n in cluster.nodes],
+        WAIT,
+        "the job to run on the leader alone",
+    )
+    target = next(n for n in cluster.nodes if n is not leader)
+    leader.transfer_leadership(target.raft_id)
+    wait_until(lambda: target.status.role is Role.LEADER, WAIT, "the transfer")
+    wait_until(
+        lambda: job_running(target) and not job_running(leader),
+        WAIT,
+        "the job to move with the leadership",
+    )
+    term = target.status.term
+    target.propose(b"after", timeout=WAIT)  # heartbeats and commits go on under the new leader
+    assert target.status.term == term

@@ -8,9 +8,11 @@ the leases wait in a heap by when each must be looked at again; the keeper wakes
 earliest, or at once when a lease's watch is set (its grant was freed, it was released), takes
 every lease due by then and renews them together (:meth:`RenewalGroup.renew_batch`).
 
-The keeper runs no user code: the ``on_lost`` callbacks of a lost lease run on a thread of
-their own, so a slow callback holds up no renewal. The thread ends when it keeps no lease and
-starts again with the next one.
+The keeper runs no user code: the ``on_lost`` callbacks of lost leases run on one thread of
+their own, so a slow callback holds up no renewal. While the keeper waits for a batch of
+renewals it looks at no other lease; the wait is bounded by the next lease due (half a second
+at least), so a lease freed meanwhile is told that much later at most. The thread ends when
+it keeps no lease and starts again with the next one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import heapq
 import itertools
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,6 +29,11 @@ if TYPE_CHECKING:
     from .renewals import RenewalGroup
 
 __all__ = ["LeaseKeeper"]
+
+MIN_WAIT = 0.5
+"""Seconds a batch of renewals is given at least."""
+RETRY = 0.2
+"""Seconds before leases are looked at again after the keeper failed on them."""
 
 
 class Lease(Protocol):
@@ -65,6 +73,7 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._window = 0.0
         """The widest renewal window of the leases kept (it never shrinks: only a bound)."""
+        self._endings = _Endings(f"{name}-endings")
 
     @property
     def kept(self) -> int:
@@ -127,18 +136,30 @@ class LeaseKeeper:
                     heapq.heappop(heap)  # superseded: found by the wait below otherwise
                 self._cond.wait(max(0.0, heap[0][0] - now) if heap else None)
 
+    def _next_at(self) -> float:
+        """When the first lease not being looked at now is due (infinity: none is)."""
+        with self._cond:
+            heap, planned = self._heap, self._planned
+            while heap and planned.get(id(heap[0][2])) != heap[0][1]:
+                heapq.heappop(heap)
+            return heap[0][0] if heap else float("inf")
+
     def _run(self) -> None:
-        while True:
-            leases = self._take_due()
-            if leases is None:
-                return
-            try:
-                self._keep(leases)
-            except Exception:  # a bug: look at them again soon rather than drop them
-                log.exception("lease keeper %s failed; retrying", self._name)
-                with self._cond:
+        try:
+            while True:
+                leases = self._take_due()
+                if leases is None:
+                    return
+                try:
+                    self._keep(leases)
+                except Exception:  # a bug: look at them again soon rather than drop them
+                    log.exception("lease keeper %s failed; retrying", self._name)
                     for lease in leases:
-                        self._plan(lease, self._clock() + 0.2)
+                        self._replan(lease, self._clock() + RETRY)
+        finally:
+            with self._cond:  # ended by a bug that got through: the next add() starts anew
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def _keep(self, leases: list[Lease]) -> None:
         to_renew: list[Lease] = []
@@ -153,9 +174,11 @@ class LeaseKeeper:
         if not to_renew:
             return
         sent = self._clock()
-        timeout = max(0.5, min(lease.valid_until for lease in to_renew) - sent)
+        # Waiting on the renewals, the keeper looks at no other lease: not past the first one
+        # due (a lease freed meanwhile is told late by as much), nor past a renewal's TTL.
+        until = min(self._next_at(), *(lease.valid_until for lease in to_renew))
         errors = self._renewals.renew_batch(
-            [(lease.name, lease.token) for lease in to_renew], timeout
+            [(lease.name, lease.token) for lease in to_renew], max(MIN_WAIT, until - sent)
         )
         for lease, error in zip(to_renew, errors, strict=True):
             step = lease._renewed(sent) if error is None else lease._renew_failed(error)
@@ -171,9 +194,40 @@ class LeaseKeeper:
 
     def _drop(self, lease: Lease, *, lost: bool) -> None:
         with self._cond:
-            self._planned.pop(id(lease), None)
+            if self._planned.pop(id(lease), None) is None:
+                return  # dropped already
             self._poked.pop(id(lease), None)
         if lost:  # its callbacks are user code: never on the keeper's thread
-            threading.Thread(
-                target=lease._end, name=f"catga-lease-lost-{lease.token}", daemon=True
-            ).start()
+            self._endings.put(lease)
+
+
+class _Endings:
+    """One thread that runs the endings of lost leases (their ``on_lost`` callbacks), in
+    order, started when one comes and ended when none is left: not a thread per lease, even
+    when a node's stop loses all of them at once."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._queue: deque[Lease] = deque()
+        self._running = False
+
+    def put(self, lease: Lease) -> None:
+        with self._lock:
+            self._queue.append(lease)
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._run, name=self._name, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                lease = self._queue.popleft()
+            try:
+                lease._end()
+            except Exception:
+                log.exception("the end of lease %r failed", lease)

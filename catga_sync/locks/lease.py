@@ -41,6 +41,11 @@ CLOCK_DRIFT = 0.01
 for ``ttl × (1 - CLOCK_DRIFT)`` only (Redlock uses the same 1%)."""
 
 
+MAX_RENEW_WINDOW = 5.0
+"""Seconds a renewal may go early at most (a day-long TTL would otherwise renew two hours
+early, and make the keeper look through two hours' worth of leases at every wake-up)."""
+
+
 class Holding(Protocol):
     """How a :class:`Lease` renews and releases its grant, and hears that it is gone: through
     this node (:class:`LocalHolding`), or over HTTP from a process outside the cluster
@@ -259,7 +264,7 @@ class Lease:
     def _renew_window(self) -> float:
         """How long before its time a renewal may go, to share an entry with others due: a
         lease is then renewed between a fourth and a third of its TTL after the last."""
-        return self.ttl / 12 if self._auto_renew else 0.0
+        return min(self.ttl / 12, MAX_RENEW_WINDOW) if self._auto_renew else 0.0
 
     def _next_step(self, early: float = 0.0) -> tuple[str, float]:
         """What keeping the lease takes now: ``("renew", now)`` (due, or due within ``early``
@@ -268,6 +273,8 @@ class Lease:
         holding = self._holding
         if self._released:
             return "stop", 0.0
+        if self.lost.is_set():  # refused by a renewal while its watch still said granted
+            return "lost", 0.0
         if not holding.granted():
             self._mark_lost(holding.reason or "the lock was freed")
             return "lost", 0.0

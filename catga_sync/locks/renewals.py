@@ -104,11 +104,12 @@ class RenewalGroup:
         self, grants: list[tuple[str, int]], timeout: float
     ) -> list[BaseException | None]:
         """Renew ``grants`` (``(name, token)`` pairs) in as few entries as their bounds allow,
-        one after the other, each within ``timeout``: for each grant, None (renewed) or why
-        not. Never raises for a failed entry (its grants get its error). For the
-        :class:`~catga_sync.locks.keeper.LeaseKeeper`, which is one thread: it needs no turn
-        in the queue that :meth:`renew` waits in."""
+        one after the other, all within ``timeout``: for each grant, None (renewed) or why
+        not (a chunk left when the time is up is not sent). Never raises for a failed entry
+        (its grants get its error). For the :class:`~catga_sync.locks.keeper.LeaseKeeper`,
+        which is one thread: it needs no turn in the queue that :meth:`renew` waits in."""
         errors: list[BaseException | None] = []
+        deadline = time.monotonic() + timeout
         start = 0
         while start < len(grants):
             end, size = start, 0
@@ -119,8 +120,16 @@ class RenewalGroup:
                 size += share
                 end += 1
             chunk = grants[start:end]
+            start = end
+            left = deadline - time.monotonic()
+            if left <= 0:  # the time is up for this chunk and those after it
+                errors.extend(
+                    CommitTimeoutError(f"the renewal of lock {name!r} timed out before it was sent")
+                    for name, _ in grants[len(errors) :]
+                )
+                break
             try:
-                table = self._node.state(LockTable, timeout=timeout)
+                table = self._node.state(LockTable, timeout=left)
                 answers: list[dict[str, Any]] = table.renew_many([[n, t] for n, t in chunk])
                 self.entries += 1
                 self.renewals += len(chunk)
@@ -130,7 +139,6 @@ class RenewalGroup:
                 )
             except CatgaError as exc:
                 errors.extend(_own_copy(exc) for _ in chunk)
-            start = end
         return errors
 
     def _take(self) -> list[_Renewal]:

@@ -4,9 +4,8 @@
 (:mod:`~catga_sync.runtime.loop`, which states the persist → send → apply → advance contract)
 and the scheduler pacemaker (:mod:`~catga_sync.runtime.timers`), and stops them in order. Its
 methods are what callers on other threads use: propose, submit, read barriers, leadership
-transfer, state handles. It knows no feature: coordinator, singleton tasks, jobs, locks,
-forwarding and the embedded server plug in as extensions (:mod:`~catga_sync.runtime.extension`),
-which :class:`catga_sync.node.ClusterNode` assembles.
+transfer, state handles. It knows no feature: the coordinator, tasks, jobs, locks, forwarding
+and the server are extensions (:mod:`~catga_sync.runtime.extension`) that ClusterNode adds.
 """
 
 from __future__ import annotations
@@ -134,6 +133,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
             self.stats,
             joining=config.join,
         )
+        self._board.add_listener(self._pacemaker.on_status)  # its job runs while leading
 
     # ========================================================================================
     # Extensions
@@ -368,7 +368,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
     @property
     def scheduler(self) -> BaseScheduler:
         """The APScheduler scheduler of the node's jobs: the one it was given, or its own
-        BackgroundScheduler (made on first use, started with the node, shut down with it)."""
+        BackgroundScheduler (made on first use, started and shut down with the node)."""
         return self._pacemaker.scheduler
 
     def add_status_listener(self, listener: StatusListener, *, mirrored: bool = False) -> None:

@@ -1,5 +1,9 @@
-"""The scheduler pacemaker: an APScheduler interval job that wakes the Raft loop every
-heartbeat interval, so heartbeats go on should the loop's own timer be starved.
+"""The scheduler pacemaker: an APScheduler interval job that wakes the Raft loop of a leader
+every heartbeat interval, so heartbeats go on should the loop's own timer be starved.
+
+The job is paused while the node does not lead: a follower sends no heartbeats, and its
+election timer is the loop's own timed wait, which the job's wake-ups never moved. Twenty
+runs a second of a job that did nothing were a tenth of an idle follower's CPU.
 
 APScheduler does not drive every 10 ms tick itself because, measured here, a 10 ms job costs
 4.2% of a core in an idle process (a timed queue wait: 0.6%) and skips runs under load. The job
@@ -18,11 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..raft import Role
+
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
+
+    from .status import NodeStatus
 
 __all__ = ["Pacemaker"]
 
@@ -54,6 +63,9 @@ class Pacemaker:
         self._on_skip = on_skip
         self._scheduler = scheduler
         self._owns_scheduler = scheduler is None
+        self._lock = threading.Lock()
+        self._leading = False
+        self._added = False
 
     @property
     def scheduler(self) -> BaseScheduler:
@@ -70,6 +82,29 @@ class Pacemaker:
         _quiet_skip_warnings()
         scheduler.add_listener(self._on_job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         _add_inline_executor(scheduler)
+        with self._lock:
+            self._add_job(scheduler)
+        if not scheduler.running:
+            scheduler.start()
+
+    def on_status(self, old: NodeStatus, new: NodeStatus) -> None:
+        """A status listener: resume the job when the node starts leading, pause it when it
+        stops."""
+        leading = new.role is Role.LEADER
+        if leading == (old.role is Role.LEADER):
+            return
+        with self._lock:
+            self._leading = leading
+            if not self._added:
+                return  # start() adds it, paused or not
+            with contextlib.suppress(Exception):  # the scheduler's owner shut it down
+                if leading:
+                    self.scheduler.resume_job(self._job_id)
+                else:
+                    self.scheduler.pause_job(self._job_id)
+
+    def _add_job(self, scheduler: BaseScheduler) -> None:
+        extra: dict[str, Any] = {} if self._leading else {"next_run_time": None}  # paused
         scheduler.add_job(
             self._wake,
             "interval",
@@ -81,15 +116,17 @@ class Pacemaker:
             coalesce=True,
             misfire_grace_time=None,
             replace_existing=True,
+            **extra,
         )
-        if not scheduler.running:
-            scheduler.start()
+        self._added = True
 
     def stop(self) -> None:
         """Remove the tick job, and shut the scheduler down if it is the node's own."""
         scheduler = self._scheduler
         if scheduler is None:
             return
+        with self._lock:
+            self._added = False
         try:
             if scheduler.get_job(self._job_id) is not None:
                 scheduler.remove_job(self._job_id)
