@@ -859,12 +859,16 @@ def test_a_forwarder_given_to_the_node_or_the_extension_is_every_behaviors_defau
 def test_a_follower_forwards_through_the_clusters_default_forwarder(cluster: Cluster) -> None:
     follower = cluster.follower()
     forwarder = RecordingForwarder()
-    guard_for(follower).forwarder = forwarder  # as ClusterNode(forwarder=...) sets it
-    mediator = build_mediator("unused")
-    mediator.add_behavior(ForwardToLeaderBehavior(follower), for_=CreateOrder)
-    command = CreateOrder(new_ref(), "ida", 3)
-    assert mediator.send(command) == {"node": "via-default-forwarder"}
-    assert forwarder.sent == [(command, cluster.leader().raft_id)]
+    guard = guard_for(follower)
+    default, guard.forwarder = guard.forwarder, forwarder  # as ClusterNode(forwarder=...) does
+    try:
+        mediator = build_mediator("unused")
+        mediator.add_behavior(ForwardToLeaderBehavior(follower), for_=CreateOrder)
+        command = CreateOrder(new_ref(), "ida", 3)
+        assert mediator.send(command) == {"node": "via-default-forwarder"}
+        assert forwarder.sent == [(command, cluster.leader().raft_id)]
+    finally:  # the cluster is the module's: the tests after this one forward for real
+        guard.forwarder = default
 
 
 def test_a_forwarder_that_is_not_one_is_refused_naming_the_protocol() -> None:
