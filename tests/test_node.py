@@ -263,3 +263,48 @@ def test_the_pacemaker_job_runs_on_the_leader_only(cluster: Cluster) -> None:
     term = target.status.term
     target.propose(b"after", timeout=WAIT)  # heartbeats and commits go on under the new leader
     assert target.status.term == term
+
+
+def test_the_pacemaker_changes_its_job_off_the_raft_loop_and_ends_on_the_last_leadership() -> None:
+    """Pausing and resuming take the scheduler's job store lock, which a persistent job store
+    holds for a database round trip: the status listener (on the Raft loop) hands them to a
+    thread of their own, and quick changes end with the job as the last one says."""
+    from apscheduler.jobstores.memory import MemoryJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from catga_sync.runtime.status import NodeStatus
+    from catga_sync.runtime.timers import Pacemaker
+
+    touched_by: set[str] = set()
+
+    class RecordingStore(MemoryJobStore):
+        def update_job(self, job):  # type: ignore[no-untyped-def]
+            touched_by.add(threading.current_thread().name)
+            super().update_job(job)
+
+    scheduler = BackgroundScheduler(jobstores={"default": RecordingStore()}, daemon=True)
+    pacemaker = Pacemaker("n1", "tick-n1", 0.05, lambda: None, lambda: None, scheduler)
+    follower = NodeStatus("n1", "r1", Role.FOLLOWER, 1, None, None, 0, 0, 0, ("r1",), True)
+    leader = NodeStatus("n1", "r1", Role.LEADER, 2, "r1", "n1", 0, 0, 0, ("r1",), True)
+    pacemaker.start()
+    try:
+        job = scheduler.get_job("tick-n1")
+        assert job is not None and job.next_run_time is None  # added paused: not leading
+        touched_by.clear()
+        for _ in range(5):  # leadership won and lost quickly, won last
+            pacemaker.on_status(follower, leader)
+            pacemaker.on_status(leader, follower)
+        pacemaker.on_status(follower, leader)
+        wait_until(
+            lambda: (
+                getattr(scheduler.get_job("tick-n1"), "next_run_time", None) is not None
+                and not pacemaker._applying
+            ),
+            WAIT,
+            "the job to run as the last status says",
+        )
+        assert threading.current_thread().name not in touched_by
+        assert touched_by <= {"catga-tick-n1", "APScheduler"}
+    finally:
+        pacemaker.stop()
+        scheduler.shutdown(wait=False)

@@ -9,10 +9,13 @@ earliest, or at once when a lease's watch is set (its grant was freed, it was re
 every lease due by then and renews them together (:meth:`RenewalGroup.renew_batch`).
 
 The keeper runs no user code: the ``on_lost`` callbacks of lost leases run on one thread of
-their own, so a slow callback holds up no renewal. While the keeper waits for a batch of
-renewals it looks at no other lease; the wait is bounded by the next lease due (half a second
-at least), so a lease freed meanwhile is told that much later at most. The thread ends when
-it keeps no lease and starts again with the next one.
+their own, so a slow callback holds up no renewal. That thread is shared by the node's
+leases and runs their callbacks in the order the leases were lost: keep them short, and hand
+long work to a thread of your own. While the keeper waits for a batch of renewals it looks at
+no other lease; the wait is bounded by the next lease due and by :data:`MAX_WAIT` (a second;
+half a second at least), so a lease freed or run out meanwhile is marked lost that much later
+at most (its :meth:`~catga_sync.locks.lease.Lease.is_valid`, which reads the clock itself, is
+never late). The keeper's thread ends when it keeps no lease and starts again with the next.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ __all__ = ["LeaseKeeper"]
 
 MIN_WAIT = 0.5
 """Seconds a batch of renewals is given at least."""
+MAX_WAIT = 1.0
+"""Seconds a batch of renewals is given at most: while it waits, the keeper looks at no other
+lease, those added since it was sent included."""
 RETRY = 0.2
 """Seconds before leases are looked at again after the keeper failed on them."""
 
@@ -175,8 +181,9 @@ class LeaseKeeper:
             return
         sent = self._clock()
         # Waiting on the renewals, the keeper looks at no other lease: not past the first one
-        # due (a lease freed meanwhile is told late by as much), nor past a renewal's TTL.
-        until = min(self._next_at(), *(lease.valid_until for lease in to_renew))
+        # due, nor past a renewal's TTL, nor past MAX_WAIT (leases added meanwhile); a lease
+        # freed meanwhile is told late by as much. A renewal that timed out is retried soon.
+        until = min(self._next_at(), sent + MAX_WAIT, *(lease.valid_until for lease in to_renew))
         errors = self._renewals.renew_batch(
             [(lease.name, lease.token) for lease in to_renew], max(MIN_WAIT, until - sent)
         )

@@ -14,7 +14,7 @@ The job runs on its own executor, :data:`EXECUTOR_ALIAS`, which calls it in the 
 thread (APScheduler's ``DebugExecutor``) with that executor's logger at WARNING: all the job
 does is put a wake-up in the loop's queue, and handing that to a pool thread, with two INFO
 records per run ("Running job", "executed successfully"), cost more than the wake-up itself,
-twenty times a second on every node. A run therefore never overlaps the previous one: a busy
+twenty times a second on every leader. A run therefore never overlaps the previous one: a busy
 process makes it late (the loop's late ticks show it) rather than skipped.
 """
 
@@ -65,7 +65,13 @@ class Pacemaker:
         self._owns_scheduler = scheduler is None
         self._lock = threading.Lock()
         self._leading = False
+        """Whether the node leads, as the status last said."""
+        self._job_runs = False
+        """Whether the job was last added or resumed (True) or paused (False)."""
         self._added = False
+        self._applying = False
+        """An applier thread runs (it sees every change until it ends)."""
+        self._apply_lock = threading.Lock()
 
     @property
     def scheduler(self) -> BaseScheduler:
@@ -86,22 +92,48 @@ class Pacemaker:
             self._add_job(scheduler)
         if not scheduler.running:
             scheduler.start()
+        # A leadership change during the scheduler's start may have found the job neither
+        # pending nor scheduled yet: make the job match who leads now.
+        self._apply_leading()
 
     def on_status(self, old: NodeStatus, new: NodeStatus) -> None:
-        """A status listener: resume the job when the node starts leading, pause it when it
-        stops."""
+        """A status listener (on the Raft loop): resume the job when the node starts leading,
+        pause it when it stops — on a thread of its own, since both take the scheduler's job
+        store lock, which a persistent job store of the user's holds for a database round
+        trip while the scheduler looks for due jobs."""
         leading = new.role is Role.LEADER
         if leading == (old.role is Role.LEADER):
             return
         with self._lock:
             self._leading = leading
-            if not self._added:
-                return  # start() adds it, paused or not
-            with contextlib.suppress(Exception):  # the scheduler's owner shut it down
-                if leading:
-                    self.scheduler.resume_job(self._job_id)
-                else:
-                    self.scheduler.pause_job(self._job_id)
+            if not self._added or self._applying:
+                return  # start() adds it as it should be; a running applier sees the change
+            self._applying = True
+        threading.Thread(
+            target=self._apply_leading, name=f"catga-tick-{self._node_id}", daemon=True
+        ).start()
+
+    def _apply_leading(self) -> None:
+        """Pause or resume the job until it matches the latest leadership (one at a time)."""
+        with self._apply_lock:
+            while True:
+                with self._lock:
+                    leading = self._leading
+                    if not self._added or leading == self._job_runs:
+                        self._applying = False
+                        return
+                try:
+                    if leading:
+                        self.scheduler.resume_job(self._job_id, jobstore="default")
+                    else:
+                        self.scheduler.pause_job(self._job_id, jobstore="default")
+                except Exception as exc:  # removed, or the scheduler's owner shut it down
+                    log.debug("node %s: tick job not changed: %s", self._node_id, exc)
+                    with self._lock:
+                        self._applying = False
+                    return
+                with self._lock:
+                    self._job_runs = leading
 
     def _add_job(self, scheduler: BaseScheduler) -> None:
         extra: dict[str, Any] = {} if self._leading else {"next_run_time": None}  # paused
@@ -116,9 +148,11 @@ class Pacemaker:
             coalesce=True,
             misfire_grace_time=None,
             replace_existing=True,
+            jobstore="default",
             **extra,
         )
         self._added = True
+        self._job_runs = self._leading
 
     def stop(self) -> None:
         """Remove the tick job, and shut the scheduler down if it is the node's own."""
