@@ -50,7 +50,12 @@ class _Renewal:
     """Its share of an entry's bytes: the name as JSON, and room for the token."""
 
     def __post_init__(self) -> None:
-        self.size = len(json.dumps(self.name)) + 24
+        self.size = _share(self.name)
+
+
+def _share(name: str) -> int:
+    """A renewal's share of an entry's bytes: the name as JSON, and room for the token."""
+    return len(json.dumps(name)) + 24
 
 
 class RenewalGroup:
@@ -114,7 +119,7 @@ class RenewalGroup:
         while start < len(grants):
             end, size = start, 0
             while end < len(grants) and end - start < MAX_RENEWALS:
-                share = len(json.dumps(grants[end][0])) + 24
+                share = _share(grants[end][0])
                 if end > start and size + share > BATCH_BYTES:
                     break
                 size += share
