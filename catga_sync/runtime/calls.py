@@ -95,13 +95,11 @@ class NodeCalls:
         """Like :meth:`propose`; return the entry's index and term too, which a follower that
         forwarded it learns its commit from (``RaftCore.learn_commit``)."""
         timeout = self._default_timeout(timeout)
-        deadline = time.monotonic() + timeout
         if not isinstance(data, bytes):
             raise TypeError(f"a proposal must be bytes, not {type(data).__name__}")
         proposal = Proposal(data)
-        index, term, applied = self._on_loop(proposal, proposal.future, timeout)
         try:
-            return index, term, applied.result(max(0.0, deadline - time.monotonic()))
+            return self._on_loop(proposal, proposal.future, timeout, timeout_error=False)
         except FutureTimeout:
             raise CommitTimeoutError(
                 f"the proposal was not applied within {timeout:.2f}s; its outcome is unknown. "
@@ -297,8 +295,12 @@ class NodeCalls:
         result: T = self._on_loop(call, call.future, timeout)
         return result
 
-    def _on_loop(self, event: object, future: Future[T], timeout: float) -> T:
-        """Queue ``event`` for the Raft loop and wait for its ``future``."""
+    def _on_loop(
+        self, event: object, future: Future[T], timeout: float, *, timeout_error: bool = True
+    ) -> T:
+        """Queue ``event`` for the Raft loop and wait for its ``future``; past ``timeout``,
+        raise :class:`CommitTimeoutError` (``timeout_error=False``: let ``FutureTimeout`` out,
+        for the caller's own message)."""
         self._fork.check()
         loop = self._loop
         if not self.running or loop is None:
@@ -307,6 +309,8 @@ class NodeCalls:
         try:
             result = future.result(timeout)
         except FutureTimeout:
+            if not timeout_error:
+                raise
             raise CommitTimeoutError(
                 f"the Raft loop of node {self.node_id} did not answer within {timeout:.2f}s"
             ) from None
