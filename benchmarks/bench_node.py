@@ -80,6 +80,10 @@ ORDERS_SNAPSHOT_EVERY = 20
 """Entries between snapshots on the orders nodes: a snapshot every 20 loads, so that a new
 member catches up from a snapshot of the whole state, not by replaying the log."""
 
+BACKGROUND_SNAPSHOT_ENV = "CATGA_BENCH_BACKGROUND_SNAPSHOT_AFTER"
+"""``Cluster:BackgroundSnapshotAfter`` of the orders nodes (seconds, or ``none``); unset: the
+default's."""
+
 PIPELINE_DEPTH_ENV = "CATGA_BENCH_PIPELINE_DEPTH"
 """The benchmarks' ``--pipeline-depth``, handed to the node processes they start."""
 
@@ -111,6 +115,12 @@ def catga_node(
 ) -> ClusterNode:
     """A durable node (SQLite, synchronous FULL) at the guide's timeouts, with a Counter
     (``orders``: an :class:`OrderBook` too, snapshot every :data:`ORDERS_SNAPSHOT_EVERY`)."""
+    background = os.environ.get(BACKGROUND_SNAPSHOT_ENV)
+    extra: dict[str, Any] = {}
+    if background is not None:
+        extra["background_snapshot_after"] = (
+            None if background == "none" else timedelta(seconds=float(background))
+        )
     config = ClusterConfig(
         local_node_endpoint=endpoint,
         members=tuple(members),
@@ -122,6 +132,7 @@ def catga_node(
         pipeline_depth=int(os.environ.get(PIPELINE_DEPTH_ENV, "1")),
         snapshot_every=ORDERS_SNAPSHOT_EVERY if orders else 10_000,
         join=join,
+        **extra,
     )
     node = ClusterNode(config, serve_http=serve_http)
     node.register(Counter())

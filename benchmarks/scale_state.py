@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -148,6 +149,14 @@ def catga(*argv: str) -> float:
     return time.monotonic() - started
 
 
+def load_orders(client: ClusterClient, orders: int) -> Any:
+    """Load ``orders`` orders, :data:`BATCH` per command; returns the ``OrderBook`` handle."""
+    book = client.state(OrderBook, timeout=120)
+    for start in range(0, orders, BATCH):
+        book.load(start, min(BATCH, orders - start))
+    return book
+
+
 def measure_size(orders: int, state: Path) -> StateFigures:
     ports = free_ports(4)
     endpoints = [f"http://127.0.0.1:{p}" for p in ports]
@@ -159,10 +168,8 @@ def measure_size(orders: int, state: Path) -> StateFigures:
             node.start()
         with ClusterClient(voters, timeout=60) as client:
             client.wait_for_leader(60)
-            book = client.state(OrderBook, timeout=120)
             started = time.monotonic()
-            for start in range(0, orders, BATCH):
-                book.load(start, min(BATCH, orders - start))
+            book = load_orders(client, orders)
             load_seconds = time.monotonic() - started
             assert book.size() == orders
             status = client.status()

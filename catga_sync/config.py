@@ -145,6 +145,11 @@ class ClusterConfig:
     (seconds); None leaves Python's default (0.005)."""
     snapshot_every: int = 10_000
     """Applied entries between snapshots."""
+    background_snapshot_after: timedelta | None = timedelta(milliseconds=20)
+    """A snapshot that took at least this long on the Raft loop makes the next ones be taken
+    in a forked child (copy-on-write, as Redis's BGSAVE), so encoding a large state does not
+    stop the node. 0: every snapshot in a child; None: never (nor where ``os.fork`` is
+    missing)."""
     autostart: bool = True
     """Start the node when the Flask extension is initialised."""
     join: bool = False
@@ -284,6 +289,15 @@ class ClusterConfig:
                     f"the heartbeat interval ({_fmt(heartbeat)}); leave it unset to derive it"
                 )
             put("tick_interval", tick)
+        if self.background_snapshot_after is not None:
+            label = _label("background_snapshot_after")
+            after = parse_duration(self.background_snapshot_after, key=label)
+            if after < timedelta(0):
+                raise ConfigError(
+                    f"{label} is {_fmt(after)}: use 0 or more (0: every snapshot in a forked "
+                    "child), or none to keep snapshots on the Raft loop; the default is 20 ms"
+                )
+            put("background_snapshot_after", after)
 
     def _check_state_path(self) -> str | None:
         label = _label("persistent_state_path")
@@ -474,6 +488,12 @@ class ClusterConfig:
         if self.tick_interval is not None:
             return self.tick_interval
         return max(self.heartbeat_interval / 5, MIN_DERIVED_TICK)
+
+    @property
+    def background_snapshot_seconds(self) -> float | None:
+        """:attr:`background_snapshot_after` in seconds (None: snapshots stay on the loop)."""
+        after = self.background_snapshot_after
+        return None if after is None else after.total_seconds()
 
     @property
     def timeouts(self) -> Timeouts:

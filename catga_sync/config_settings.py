@@ -72,6 +72,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tick_interval", "optional_duration"),
     Setting("switch_interval", "seconds"),
     Setting("snapshot_every", "int"),
+    Setting("background_snapshot_after", "optional_duration"),
     Setting("autostart", "bool"),
     Setting("join", "bool"),
     # TLS between nodes (issue 12; docs/security.rst)

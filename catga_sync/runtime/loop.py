@@ -41,6 +41,7 @@ from ..storage.base import Storage
 from .eventlog import EventLog, message_log
 from .outbox import Outbox, ReplySlot
 from .persister import Persister
+from .snapshots import BackgroundSnapshots, fork_available
 from .status import NodeStats, count_events
 
 __all__ = ["TICK", "Call", "Proposal", "RaftLoop"]
@@ -91,7 +92,9 @@ class RaftLoop:
 
     ``apply(entry)`` runs each committed normal entry and returns its result for the proposer;
     ``restore(data)`` installs a snapshot; ``snapshot()`` takes one for log compaction every
-    ``snapshot_every`` applied entries (None: never). ``published(membership)`` is called after
+    ``snapshot_every`` applied entries (None: never), in a forked child once one took
+    ``background_snapshot_after`` seconds or more (None: never; :mod:`.snapshots`).
+    ``published(membership)`` is called after
     every batch that changed something a status shows. ``name_of`` names a member in the log
     lines (its Raft id when it returns None).
     """
@@ -112,6 +115,7 @@ class RaftLoop:
         snapshot_every: int,
         published: Callable[[Membership | None], None],
         name_of: Callable[[str | None], str | None] | None = None,
+        background_snapshot_after: float | None = None,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -121,6 +125,13 @@ class RaftLoop:
         self._restore = restore
         self._snapshot = snapshot
         self._snapshot_every = snapshot_every
+        self.background_snapshots = (
+            BackgroundSnapshots(
+                node_id, snapshot, self._deliver_snapshot, after=background_snapshot_after
+            )
+            if snapshot is not None and background_snapshot_after is not None and fork_available()
+            else None
+        )
         self._published = published
         self._events = EventLog(node_id, name_of)
         self._commit_published = -1
@@ -224,6 +235,8 @@ class RaftLoop:
         else:
             self.fail_waiters(self._stop_error)  # on this thread: it owns the waiters
         finally:
+            if self.background_snapshots is not None:
+                self.background_snapshots.stop()
             with self._exit_lock:
                 self._exited = True
                 callbacks, self._exit_callbacks = self._exit_callbacks, []
@@ -351,6 +364,12 @@ class RaftLoop:
             stats.bytes_persisted += sum(len(e.data) for e in ready.entries)
             if ready.messages:  # 2. send
                 outbox.send(ready.messages)
+                if outbox.has_open_slots:
+                    # The answers to the open peer requests are all in this first Ready (the
+                    # core answers a message as it steps it), persisted: they leave now, not
+                    # after the apply. On a follower the apply is the previous command's (its
+                    # commit rides on this AppendEntries), so it left the leader waiting.
+                    outbox.close_slots()
             stats.messages_sent += len(ready.messages) + len(ready.early_messages)
             self._apply(ready)  # 3. apply
             core.advance(ready)  # 4. advance
@@ -411,13 +430,42 @@ class RaftLoop:
                     waiter.future.set_result(waiter.index)
 
     def _maybe_compact(self, core: RaftCore) -> bool:
-        """Snapshot the replicated state and compact the log every ``snapshot_every`` entries."""
+        """Snapshot the replicated state and compact the log every ``snapshot_every`` entries:
+        here, or in a forked child that hands the bytes back later (:meth:`_deliver_snapshot`)."""
         snapshot = self._snapshot
         if snapshot is None or core.applied_index - core.log.offset < self._snapshot_every:
             return False
-        core.compact(core.applied_index, snapshot())
+        background = self.background_snapshots
+        if background is not None and background.busy:
+            return False
+        index = core.applied_index
+        if background is not None and background.wanted:
+            try:
+                background.start(index, core.log.term(index) or 0)
+                return False
+            except OSError as exc:
+                log.warning(
+                    "node %s: cannot fork for a snapshot, taking it here: %s", self.node_id, exc
+                )
+        started = time.monotonic()
+        data = snapshot()
+        if background is not None:
+            background.note_on_loop(time.monotonic() - started)
+        core.compact(index, data)
         self._stats.snapshots += 1
         return True
+
+    def _deliver_snapshot(self, index: int, term: int, data: bytes) -> None:
+        """From the snapshot reader thread: compact the log at ``index`` on the loop, unless
+        the log moved past it meanwhile (a snapshot installed from the leader)."""
+
+        def compact(core: RaftCore) -> None:
+            log_ = core.log
+            if log_.offset < index <= log_.applied and log_.term(index) == term:
+                core.compact(index, data)
+                self._stats.snapshots += 1
+
+        self.put(Call(compact))
 
     def fail_waiters(self, error: BaseException) -> None:
         """Fail every caller still waiting on the loop (it stopped or failed). Only the loop's

@@ -139,8 +139,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
     # Extensions
 
     def add_extension(self, extension: E) -> E:
-        """Install ``extension`` (before :meth:`start`): it registers its state machines and
-        listeners now, is started with the node and stopped before it."""
+        """Install ``extension`` before :meth:`start`: it registers its machines and listeners."""
         name = extension.name
         if not name:
             raise UsageError(f"extension {type(extension).__name__} needs a non-empty `name`")
@@ -253,7 +252,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
                 rpc_observer=rpc_observer(self.stats, lambda: self._board.status.is_leader),
             )
         machines = self.state_machines
-        loop = self._loop = RaftLoop(
+        self._loop = RaftLoop(
             self.node_id,
             core,
             self._storage,
@@ -267,8 +266,9 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
             snapshot_every=config.snapshot_every,
             published=self._on_batch,
             name_of=self.name_of,
+            background_snapshot_after=config.background_snapshot_seconds,
         )
-        return loop
+        return self._loop
 
     def stop(self, *, transfer: bool = True, timeout: Duration | None = None) -> None:
         """Stop the node. A leader first hands leadership to its most up-to-date follower, so
