@@ -149,12 +149,11 @@ def catga(*argv: str) -> float:
     return time.monotonic() - started
 
 
-def load_orders(client: ClusterClient, orders: int) -> Any:
-    """Load ``orders`` orders, :data:`BATCH` per command; returns the ``OrderBook`` handle."""
-    book = client.state(OrderBook, timeout=120)
+def load_orders(book: Any, orders: int) -> None:
+    """Load ``orders`` orders into the ``OrderBook`` handle ``book``, :data:`BATCH` per
+    command."""
     for start in range(0, orders, BATCH):
         book.load(start, min(BATCH, orders - start))
-    return book
 
 
 def measure_size(orders: int, state: Path) -> StateFigures:
@@ -168,8 +167,9 @@ def measure_size(orders: int, state: Path) -> StateFigures:
             node.start()
         with ClusterClient(voters, timeout=60) as client:
             client.wait_for_leader(60)
+            book = client.state(OrderBook, timeout=120)
             started = time.monotonic()
-            book = load_orders(client, orders)
+            load_orders(book, orders)
             load_seconds = time.monotonic() - started
             assert book.size() == orders
             status = client.status()

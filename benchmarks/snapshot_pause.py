@@ -7,8 +7,8 @@ default), a fresh cluster of three ``bench_node.py catga-orders`` processes on l
 :class:`~catga_sync.client.ClusterClient`, then sent small commands (a counter increment), one
 after the other, for ``--seconds``: every 20 of them the nodes snapshot the whole state. It
 prints, for each way, the commands' p50, p99 and longest latency, the commands done, the
-snapshots the leader took and the term changes (elections) during the run, with the machine,
-the command line and the load average.
+snapshots due (one every 20 applied entries) and the term changes (elections) during the run,
+with the machine, the command line and the load average.
 
     python benchmarks/snapshot_pause.py [--orders 300000] [--seconds 15]
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_node import BACKGROUND_SNAPSHOT_ENV, Counter
+from bench_node import BACKGROUND_SNAPSHOT_ENV, Counter, OrderBook
 from report import command_line, exit_on_sigterm, load_line, machine_line
 from scale_state import BATCH, Node, load_orders, wait_until
 from throughput import free_ports, percentile
@@ -49,7 +49,8 @@ def run(way: str, after: str | None, orders: int, seconds: float, state: Path) -
             node.start()
         with ClusterClient(endpoints, timeout=60) as client:
             client.wait_for_leader(60)
-            book = load_orders(client, orders)
+            book = client.state(OrderBook, timeout=120)
+            load_orders(book, orders)
             counter = client.state(Counter, timeout=30)
             wait_until("the loads to be applied", lambda: book.size() == orders, 120)
             before = client.status()

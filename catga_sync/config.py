@@ -145,7 +145,7 @@ class ClusterConfig:
     (seconds); None leaves Python's default (0.005)."""
     snapshot_every: int = 10_000
     """Applied entries between snapshots."""
-    background_snapshot_after: timedelta | None = timedelta(milliseconds=20)
+    background_snapshot_after: timedelta | None = timedelta(milliseconds=50)
     """A snapshot that took at least this long on the Raft loop makes the next ones be taken
     in a forked child (copy-on-write, as Redis's BGSAVE), so encoding a large state does not
     stop the node. 0: every snapshot in a child; None: never (nor where ``os.fork`` is
@@ -295,7 +295,7 @@ class ClusterConfig:
             if after < timedelta(0):
                 raise ConfigError(
                     f"{label} is {_fmt(after)}: use 0 or more (0: every snapshot in a forked "
-                    "child), or none to keep snapshots on the Raft loop; the default is 20 ms"
+                    "child), or none to keep snapshots on the Raft loop; the default is 50 ms"
                 )
             put("background_snapshot_after", after)
 

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +18,12 @@ from helpers import LocalCluster, poll
 
 from catga_sync.fsm import StateMachine, command, query
 from catga_sync.node import ClusterNode
-from catga_sync.runtime.snapshots import BackgroundSnapshots
+from catga_sync.runtime.snapshots import (
+    ENCODE_BYTES_PER_SECOND,
+    BackgroundSnapshots,
+    compact_from_child,
+)
+from catga_sync.testing import SimulatedCluster
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -32,13 +38,32 @@ def _wait_for(path: Path, seconds: float = 20.0) -> None:
 
 
 class _Delivered:
-    def __init__(self) -> None:
-        self.items: list[tuple[int, int, bytes]] = []
-        self.event = threading.Event()
+    """The loop's side: takes what the reader hands over and says it is done with it."""
 
-    def __call__(self, index: int, term: int, data: bytes) -> None:
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int, bytes | None]] = []
+        self.event = threading.Event()
+        self.snapshots: BackgroundSnapshots | None = None
+
+    def __call__(self, index: int, term: int, data: bytes | None) -> None:
         self.items.append((index, term, data))
         self.event.set()
+        if self.snapshots is not None:
+            self.snapshots.done(index, taken=data is not None)
+
+    def taken(self) -> list[tuple[int, int, bytes | None]]:
+        return [item for item in self.items if item[2] is not None]
+
+
+def _snapshots(
+    snapshot: Callable[[], bytes], *, after: float = 0, every: int = 10, timeout: float = 600
+) -> tuple[BackgroundSnapshots, _Delivered]:
+    delivered = _Delivered()
+    snapshots = BackgroundSnapshots(
+        "n1", snapshot, delivered, after=after, every=every, timeout=timeout
+    )
+    delivered.snapshots = snapshots
+    return snapshots, delivered
 
 
 def _gone(pid: int) -> bool:
@@ -60,8 +85,7 @@ def test_a_child_encodes_the_state_as_of_the_fork_and_the_reader_hands_it_over(
         _wait_for(gate)  # the parent changes its state meanwhile
         return json.dumps({"state": state, "pid": os.getpid()}).encode()
 
-    delivered = _Delivered()
-    snapshots = BackgroundSnapshots("n1", snapshot, delivered, after=0)
+    snapshots, delivered = _snapshots(snapshot)
     assert snapshots.wanted
     snapshots.start(7, 2)
     pid = snapshots.child_pid
@@ -82,15 +106,16 @@ def test_a_child_encodes_the_state_as_of_the_fork_and_the_reader_hands_it_over(
 
 def test_a_large_snapshot_crosses_the_pipe_whole() -> None:
     blob = os.urandom(3 << 20)  # larger than a pipe's buffer and than one read
-    delivered = _Delivered()
-    snapshots = BackgroundSnapshots("n1", lambda: blob, delivered, after=0)
+    snapshots, delivered = _snapshots(lambda: blob)
     snapshots.start(1, 1)
     assert delivered.event.wait(WAIT)
     assert delivered.items[0][2] == blob
     snapshots.stop()
 
 
-def test_a_failing_child_costs_only_that_snapshot(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_child_costs_only_that_snapshot_and_the_next_waits_its_turn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     fail = [True]
 
     def snapshot() -> bytes:
@@ -98,18 +123,75 @@ def test_a_failing_child_costs_only_that_snapshot(caplog: pytest.LogCaptureFixtu
             raise RuntimeError("cannot encode")
         return b"fine"
 
-    delivered = _Delivered()
-    snapshots = BackgroundSnapshots("n1", snapshot, delivered, after=0)
+    snapshots, delivered = _snapshots(snapshot, every=10)
     with caplog.at_level(logging.WARNING, logger="catga_sync.node"):
+        assert snapshots.plan(5) == "fork"
         snapshots.start(5, 1)
         poll(lambda: snapshots.failed == 1 and not snapshots.busy, WAIT, "the failure")
-    assert not delivered.items
+    assert delivered.items == [(5, 1, None)]  # handed over as failed, for the loop's count
     assert "background snapshot at index 5 was not taken" in caplog.text
-    assert "exited with status 1" in caplog.text or "ended before writing" in caplog.text
+    assert "ended before writing it" in caplog.text  # it exited without a byte
+    # No fork at every wake-up: the next one is due as many entries later.
+    assert snapshots.plan(14) == "wait"
+    assert snapshots.plan(15) == "fork"
     fail[0] = False  # the next child forks from this state
-    snapshots.start(6, 1)
-    assert delivered.event.wait(WAIT)
-    assert delivered.items == [(6, 1, b"fine")]
+    snapshots.start(15, 1)
+    poll(lambda: delivered.taken(), WAIT, "the next snapshot")
+    assert delivered.taken() == [(15, 1, b"fine")]
+    snapshots.stop()
+
+
+def test_one_child_at_a_time_until_the_loop_is_done_with_the_last(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    snapshots = BackgroundSnapshots(
+        "n1", lambda: (_wait_for(gate), b"one")[1], _Delivered(), after=0, every=10
+    )  # this loop never says it is done
+    snapshots.start(5, 1)
+    gate.touch()
+    poll(lambda: snapshots.child_pid is None, WAIT, "the child to end")
+    assert snapshots.busy and snapshots.plan(30) == "wait"
+    snapshots.done(30, taken=True)
+    assert snapshots.plan(30) == "fork"
+    snapshots.stop()
+
+
+def test_after_three_failed_children_in_a_row_the_next_is_taken_on_the_loop() -> None:
+    snapshots, _ = _snapshots(lambda: b"", every=1)
+    for applied in (1, 2, 3):
+        assert snapshots.plan(applied) == "fork"
+        snapshots.done(applied, taken=False)  # as the loop does for a failed child
+    assert snapshots.plan(4) == "here"  # a snapshot() that raises now stops the node loudly
+    snapshots.note_on_loop(0.0)  # it worked on the loop: children again
+    assert snapshots.plan(4) == "fork"
+    snapshots.stop()
+
+
+def test_a_child_past_its_time_is_killed_and_handed_over_as_failed(tmp_path: Path) -> None:
+    gate = tmp_path / "never"
+    snapshots, delivered = _snapshots(lambda: (_wait_for(gate, 60), b"")[1], timeout=0.05)
+    snapshots.start(3, 1)
+    pid = snapshots.child_pid
+    assert pid is not None
+    # The loop looks at every batch while one is on its way (plan -> kill_if_overdue).
+    poll(lambda: snapshots.plan(3) != "fork" and delivered.items, WAIT, "the kill")
+    assert delivered.items == [(3, 1, None)] and snapshots.failed == 1
+    assert _gone(pid)
+    snapshots.stop()
+
+
+def test_a_fork_that_fails_leaves_the_snapshot_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    snapshots, delivered = _snapshots(lambda: b"on the loop")
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    with caplog.at_level(logging.WARNING, logger="catga_sync.node"):
+        assert snapshots.take(4, 1) == b"on the loop"
+    assert "no child for a snapshot, taking it here" in caplog.text
+    assert not snapshots.busy and not delivered.items
     snapshots.stop()
 
 
@@ -120,33 +202,32 @@ def test_a_killed_child_is_not_delivered(tmp_path: Path) -> None:
         _wait_for(gate)
         return b"too late"
 
-    delivered = _Delivered()
-    snapshots = BackgroundSnapshots("n1", snapshot, delivered, after=0)
+    snapshots, delivered = _snapshots(snapshot)
     snapshots.start(3, 1)
     pid = snapshots.child_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     poll(lambda: snapshots.failed == 1 and not snapshots.busy, WAIT, "the reader to notice")
-    assert not delivered.items
+    assert delivered.items == [(3, 1, None)]
     assert _gone(pid)
     snapshots.stop()
 
 
 def test_stop_kills_a_child_still_encoding_and_reaps_it(tmp_path: Path) -> None:
     gate = tmp_path / "never"
-    delivered = _Delivered()
-    snapshots = BackgroundSnapshots("n1", lambda: (_wait_for(gate, 60), b"")[1], delivered, after=0)
+    snapshots, delivered = _snapshots(lambda: (_wait_for(gate, 60), b"")[1])
     snapshots.start(3, 1)
     pid = snapshots.child_pid
     assert pid is not None
     snapshots.stop()
-    assert not snapshots.busy
+    assert snapshots.child_pid is None
     assert _gone(pid)
-    assert not delivered.items and snapshots.failed == 0  # stopping is no failure
+    assert not delivered.items and snapshots.failed == 0  # stopping: nothing is handed over
     snapshots.start(4, 1)  # a stopped one forks no more
     assert snapshots.child_pid is None
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 def test_the_child_keeps_none_of_the_parents_descriptors(tmp_path: Path) -> None:
     held = open(tmp_path / "ownership.lock", "w")  # noqa: SIM115 (as the node's flock file)
     try:
@@ -154,11 +235,12 @@ def test_the_child_keeps_none_of_the_parents_descriptors(tmp_path: Path) -> None
         def snapshot() -> bytes:
             return json.dumps(sorted(int(fd) for fd in os.listdir("/proc/self/fd"))).encode()
 
-        delivered = _Delivered()
-        snapshots = BackgroundSnapshots("n1", snapshot, delivered, after=0)
+        snapshots, delivered = _snapshots(snapshot)
         snapshots.start(1, 1)
         assert delivered.event.wait(WAIT)
-        open_in_child = json.loads(delivered.items[0][2])
+        body = delivered.items[0][2]
+        assert body is not None
+        open_in_child = json.loads(body)
         assert held.fileno() not in open_in_child
         # stdin, stdout, stderr, the pipe, and the descriptor listdir itself opened
         assert len(open_in_child) <= 5
@@ -168,14 +250,46 @@ def test_the_child_keeps_none_of_the_parents_descriptors(tmp_path: Path) -> None
 
 
 def test_a_slow_snapshot_on_the_loop_sends_the_next_ones_to_a_child() -> None:
-    snapshots = BackgroundSnapshots("n1", lambda: b"", _Delivered(), after=0.05)
-    assert not snapshots.wanted
+    def slow() -> bytes:
+        time.sleep(0.06)
+        return b"slow"
+
+    snapshots, _ = _snapshots(slow, after=0.05)
+    assert not snapshots.wanted and snapshots.plan(10) == "here"
     snapshots.note_on_loop(0.01)
     assert not snapshots.wanted
-    snapshots.note_on_loop(0.05)
-    assert snapshots.wanted
+    assert snapshots.take(10, 1) == b"slow"  # taken on the loop and timed: over 50 ms
+    assert snapshots.wanted and snapshots.plan(20) == "fork"
     snapshots.stop()
     assert not snapshots.wanted  # a stopping node forks no more
+
+
+def test_a_large_stored_snapshot_sends_the_first_one_to_a_child() -> None:
+    snapshots, _ = _snapshots(lambda: b"", after=0.05)
+    snapshots.note_stored(ENCODE_BYTES_PER_SECOND // 100)  # 10 ms of encoding
+    assert not snapshots.wanted
+    snapshots.note_stored(ENCODE_BYTES_PER_SECOND // 10)  # 100 ms
+    assert snapshots.wanted
+    snapshots.stop()
+
+
+def test_a_childs_snapshot_of_an_index_the_log_moved_past_is_dropped() -> None:
+    cluster = SimulatedCluster(3, seed=3)
+    leader = cluster.wait_for_leader()
+    for k in range(6):
+        cluster.commit(f"c{k}".encode())
+    cluster.flush()
+    core = cluster.core(leader)
+    index, term = core.applied_index - 2, core.term
+    assert not compact_from_child(core, index, term + 1, b"other term")
+    assert core.log.offset == 0
+    cluster.compact(leader)  # the log was compacted past the child's index meanwhile
+    assert not compact_from_child(core, index, term, b"stale")
+    assert core.log.offset > index
+    cluster.commit(b"more")
+    cluster.flush()
+    assert compact_from_child(core, core.applied_index, core.term, b"fresh")
+    assert core.log.offset == core.applied_index
 
 
 # -- three nodes ------------------------------------------------------------------------------

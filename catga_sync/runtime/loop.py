@@ -41,7 +41,7 @@ from ..storage.base import Storage
 from .eventlog import EventLog, message_log
 from .outbox import Outbox, ReplySlot
 from .persister import Persister
-from .snapshots import BackgroundSnapshots, fork_available
+from .snapshots import background_snapshots, compact_from_child
 from .status import NodeStats, count_events
 
 __all__ = ["TICK", "Call", "Proposal", "RaftLoop"]
@@ -125,13 +125,11 @@ class RaftLoop:
         self._restore = restore
         self._snapshot = snapshot
         self._snapshot_every = snapshot_every
-        self.background_snapshots = (
-            BackgroundSnapshots(
-                node_id, snapshot, self._deliver_snapshot, after=background_snapshot_after
-            )
-            if snapshot is not None and background_snapshot_after is not None and fork_available()
-            else None
+        self.background_snapshots = background_snapshots(
+            node_id, snapshot, self._deliver_snapshot, background_snapshot_after, snapshot_every
         )
+        if self.background_snapshots is not None and core.log.snapshot is not None:
+            self.background_snapshots.note_stored(len(core.log.snapshot.data))
         self._published = published
         self._events = EventLog(node_id, name_of)
         self._commit_published = -1
@@ -221,7 +219,11 @@ class RaftLoop:
 
     def _run(self) -> None:
         try:
-            self._serve()
+            try:
+                self._serve()
+            finally:  # before the waiters fail: nothing is delivered to a loop that ended
+                if self.background_snapshots is not None:
+                    self.background_snapshots.stop()
         except BaseException as exc:  # a storage failure or a bug: stop, loudly
             self.failure = exc
             log.critical(
@@ -235,8 +237,6 @@ class RaftLoop:
         else:
             self.fail_waiters(self._stop_error)  # on this thread: it owns the waiters
         finally:
-            if self.background_snapshots is not None:
-                self.background_snapshots.stop()
             with self._exit_lock:
                 self._exited = True
                 callbacks, self._exit_callbacks = self._exit_callbacks, []
@@ -435,37 +435,31 @@ class RaftLoop:
         snapshot = self._snapshot
         if snapshot is None or core.applied_index - core.log.offset < self._snapshot_every:
             return False
-        background = self.background_snapshots
-        if background is not None and background.busy:
+        index, background = core.applied_index, self.background_snapshots
+        if background is None:
+            data: bytes | None = snapshot()
+        else:
+            data = background.take(index, core.log.term(index) or 0)
+        if data is None:  # a child takes it
             return False
-        index = core.applied_index
-        if background is not None and background.wanted:
-            try:
-                background.start(index, core.log.term(index) or 0)
-                return False
-            except OSError as exc:
-                log.warning(
-                    "node %s: cannot fork for a snapshot, taking it here: %s", self.node_id, exc
-                )
-        started = time.monotonic()
-        data = snapshot()
-        if background is not None:
-            background.note_on_loop(time.monotonic() - started)
         core.compact(index, data)
         self._stats.snapshots += 1
         return True
 
-    def _deliver_snapshot(self, index: int, term: int, data: bytes) -> None:
-        """From the snapshot reader thread: compact the log at ``index`` on the loop, unless
-        the log moved past it meanwhile (a snapshot installed from the leader)."""
+    def _deliver_snapshot(self, index: int, term: int, data: bytes | None) -> None:
+        """From the snapshot reader thread: compact the log at ``index`` on the loop."""
+        background = self.background_snapshots
+        if self._stop_requested.is_set() or background is None:
+            return
 
         def compact(core: RaftCore) -> None:
-            log_ = core.log
-            if log_.offset < index <= log_.applied and log_.term(index) == term:
-                core.compact(index, data)
+            background.done(core.applied_index, taken=data is not None)
+            if data is not None and compact_from_child(core, index, term, data):
                 self._stats.snapshots += 1
 
-        self.put(Call(compact))
+        call = Call(compact)
+        call.future.add_done_callback(_log_compaction_failure)
+        self.put(call)
 
     def fail_waiters(self, error: BaseException) -> None:
         """Fail every caller still waiting on the loop (it stopped or failed). Only the loop's
@@ -493,3 +487,9 @@ class RaftLoop:
                 future.set_exception(error)
             if isinstance(event, ReplySlot):
                 event.done.set()
+
+
+def _log_compaction_failure(future: Future[Any]) -> None:
+    error = future.exception()
+    if error is not None:  # nobody waits for it: say it loudly
+        log.error("compacting the log with a background snapshot failed: %r", error)

@@ -139,7 +139,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
     # Extensions
 
     def add_extension(self, extension: E) -> E:
-        """Install ``extension`` before :meth:`start`: it registers its machines and listeners."""
+        """Install ``extension`` before :meth:`start`; it starts with the node, stops before."""
         name = extension.name
         if not name:
             raise UsageError(f"extension {type(extension).__name__} needs a non-empty `name`")

@@ -58,7 +58,8 @@ class Outbox:
         return bool(self._slots)
 
     def close_slots(self) -> None:
-        """Answer every open request with what it collected (after the batch that handled it)."""
+        """Answer every open request with what it collected: once the Ready holding the
+        answers was persisted and sent, and at the end of every batch."""
         slots, self._slots = self._slots, {}
         for slot in slots.values():
             slot.done.set()
