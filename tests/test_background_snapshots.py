@@ -195,7 +195,7 @@ def test_a_fork_that_fails_leaves_the_snapshot_to_the_loop(
     snapshots.stop()
 
 
-def test_a_killed_child_is_not_delivered(tmp_path: Path) -> None:
+def test_a_killed_child_is_handed_over_as_failed(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
 
     def snapshot() -> bytes:
@@ -223,8 +223,10 @@ def test_stop_kills_a_child_still_encoding_and_reaps_it(tmp_path: Path) -> None:
     assert snapshots.child_pid is None
     assert _gone(pid)
     assert not delivered.items and snapshots.failed == 0  # stopping: nothing is handed over
-    snapshots.start(4, 1)  # a stopped one forks no more
-    assert snapshots.child_pid is None
+    snapshots.done(3, taken=False)
+    assert snapshots.plan(100) == "here" and not snapshots.wanted
+    snapshots.start(100, 1)  # a stopped one forks no more
+    assert snapshots.child_pid is None and not snapshots.busy
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
@@ -365,3 +367,30 @@ def test_the_leader_commits_while_its_child_encodes_and_restarts_from_that_snaps
     finally:
         Gated.gate = ""
         cluster.stop()
+
+
+def test_a_reader_that_cannot_start_ends_its_child_and_leaves_the_snapshot_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    snapshots, delivered = _snapshots(lambda: b"on the loop")
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(os, "fork", fork)
+    with caplog.at_level(logging.WARNING, logger="catga_sync.node"), monkeypatch.context() as m:
+        m.setattr(threading.Thread, "start", no_thread)
+        data = snapshots.take(4, 1)
+    assert data == b"on the loop"
+    assert "cannot start the snapshot reader" in caplog.text
+    assert len(forked) == 1 and _gone(forked[0])  # killed and reaped, no zombie
+    assert not snapshots.busy and snapshots.child_pid is None and not delivered.items
+    snapshots.stop()

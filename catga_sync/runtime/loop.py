@@ -222,8 +222,7 @@ class RaftLoop:
             try:
                 self._serve()
             finally:  # before the waiters fail: nothing is delivered to a loop that ended
-                if self.background_snapshots is not None:
-                    self.background_snapshots.stop()
+                self._stop_background_snapshots()
         except BaseException as exc:  # a storage failure or a bug: stop, loudly
             self.failure = exc
             log.critical(
@@ -430,8 +429,7 @@ class RaftLoop:
                     waiter.future.set_result(waiter.index)
 
     def _maybe_compact(self, core: RaftCore) -> bool:
-        """Snapshot the replicated state and compact the log every ``snapshot_every`` entries:
-        here, or in a forked child that hands the bytes back later (:meth:`_deliver_snapshot`)."""
+        """Snapshot and compact every ``snapshot_every`` entries, here or in a forked child."""
         snapshot = self._snapshot
         if snapshot is None or core.applied_index - core.log.offset < self._snapshot_every:
             return False
@@ -445,6 +443,13 @@ class RaftLoop:
         core.compact(index, data)
         self._stats.snapshots += 1
         return True
+
+    def _stop_background_snapshots(self) -> None:
+        try:  # never in place of the loop's own end or failure
+            if self.background_snapshots is not None:
+                self.background_snapshots.stop()
+        except Exception:
+            log.exception("node %s: stopping its snapshot child failed", self.node_id)
 
     def _deliver_snapshot(self, index: int, term: int, data: bytes | None) -> None:
         """From the snapshot reader thread: compact the log at ``index`` on the loop."""
@@ -491,5 +496,5 @@ class RaftLoop:
 
 def _log_compaction_failure(future: Future[Any]) -> None:
     error = future.exception()
-    if error is not None:  # nobody waits for it: say it loudly
+    if error is not None and not isinstance(error, CatgaError):  # CatgaError: the loop ended
         log.error("compacting the log with a background snapshot failed: %r", error)

@@ -72,7 +72,12 @@ _LENGTH_BYTES = 8
 # Python 3.12+ warns at every fork of a threaded process that the child may deadlock on a lock
 # another thread held. This module's children only encode and exit (see the docstring); the
 # filter matches the warnings attributed to this module alone.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=__name__)
+warnings.filterwarnings(
+    "ignore",
+    message=r"This process .* is multi-threaded",
+    category=DeprecationWarning,
+    module=__name__,
+)
 
 
 def fork_available() -> bool:
@@ -226,6 +231,8 @@ class BackgroundSnapshots:
             raise
         if pid == 0:  # the child: never returns
             self._encode_in_child(read_fd, write_fd)
+        # (A fork by another thread before this close would keep the write end open in its
+        # child, and the reader would see no end after a kill; stop() then gives up waiting.)
         os.close(write_fd)
         child = self._child = _Child(pid, read_fd, index, term, time.monotonic())
         self._busy = True
@@ -238,7 +245,7 @@ class BackgroundSnapshots:
             self._kill(child)
             self._reap(child)
             os.close(read_fd)
-            self._child, self._busy = None, False
+            self._child, self._busy, self._reader = None, False, None
             raise OSError(f"cannot start the snapshot reader: {exc}") from exc
 
     def done(self, applied: int, *, taken: bool) -> None:
@@ -295,7 +302,12 @@ class BackgroundSnapshots:
         try:
             # Blocking reads, one allocation of the snapshot's size: a child that hangs is
             # killed by the loop (kill_if_overdue) or by stop(), which ends the read.
-            with os.fdopen(child.fd, "rb") as pipe:
+            try:
+                pipe = os.fdopen(child.fd, "rb")
+            except BaseException:
+                os.close(child.fd)
+                raise
+            with pipe:
                 header = pipe.read(_LENGTH_BYTES)
                 if len(header) < _LENGTH_BYTES:
                     why = "the child ended before writing it"
@@ -337,8 +349,14 @@ class BackgroundSnapshots:
     def _reap(self, child: _Child) -> int | None:
         """Wait for the child; its exit code, or None when it is unknown (someone else reaped
         it, or SIGCHLD is ignored)."""
+        status: int | None = None
         try:
-            _, status = os.waitpid(child.pid, 0)
+            if hasattr(os, "waitid"):  # wait for the exit without reaping: the pid stays ours
+                os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+                with self._lock:  # reaped where _kill cannot signal it meanwhile
+                    _, status = os.waitpid(child.pid, 0)
+            else:
+                _, status = os.waitpid(child.pid, 0)
         except ChildProcessError:
             status = None
         with self._lock:
