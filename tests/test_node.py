@@ -265,6 +265,28 @@ def test_the_pacemaker_job_runs_on_the_leader_only(cluster: Cluster) -> None:
     assert target.status.term == term
 
 
+def test_the_pacemaker_wakes_the_loop_only_when_it_overslept(tmp_path: Path) -> None:
+    """A run of the tick job while the loop sleeps towards its own wake-up would be one more
+    wake-up for nothing; it queues a tick only once that wake-up is more than a tick late."""
+    import time
+
+    from catga_sync.config import ClusterConfig
+
+    config = ClusterConfig(local_node_endpoint=_members(1)[0], persistent_state_path=None)
+    node = ClusterNode(config, serve_http=False)
+    node.start()
+    node.stop(transfer=False)  # the loop's thread has ended: its inbox shows what is queued
+    loop = node._loop
+    assert loop is not None
+    assert loop._inbox.empty()
+    loop._planned_wake = time.monotonic() + 60
+    node._wake()
+    assert loop._inbox.empty()
+    loop._planned_wake = time.monotonic() - 2 * loop._tick_seconds
+    node._wake()
+    assert not loop._inbox.empty()
+
+
 def test_the_pacemaker_changes_its_job_off_the_raft_loop_and_ends_on_the_last_leadership() -> None:
     """Pausing and resuming take the scheduler's job store lock, which a persistent job store
     holds for a database round trip: the status listener (on the Raft loop) hands them to a

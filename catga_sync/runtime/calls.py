@@ -327,7 +327,7 @@ class NodeCalls:
     def _wake(self) -> None:
         loop = self._loop
         if loop is not None:
-            loop.wake()
+            loop.nudge()
 
 
 def _log_failure(future: Future[Any]) -> None:

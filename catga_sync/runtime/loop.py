@@ -76,11 +76,9 @@ class Call:
 
 @dataclass
 class Proposal:
-    """A command for the log. The loop appends every proposal it drains in one go
-    (``propose_many``): one entry batch, one AppendEntries per follower, one fsync. The future
-    gets ``(index, term, result)`` once the entry is applied: its index and term, and what the
-    applier returned. One future, set once, so the proposer wakes once (a wake-up at the
-    append, only to wait again, cost each of 16 proposing threads a GIL hand-off)."""
+    """A command for the log; the loop appends all it drains in one go (``propose_many``). The
+    future gets ``(index, term, result)`` once the entry is applied: set once, so that the
+    proposer wakes once (a wake-up at the append too cost 16 proposers a GIL hand-off each)."""
 
     data: bytes
     future: Future[tuple[int, int, Any]] = field(default_factory=Future)
@@ -94,9 +92,8 @@ class RaftLoop:
     ``restore(data)`` installs a snapshot; ``snapshot()`` takes one for log compaction every
     ``snapshot_every`` applied entries (None: never), in a forked child once one took
     ``background_snapshot_after`` seconds or more (None: never; :mod:`.snapshots`).
-    ``published(membership)`` is called after
-    every batch that changed something a status shows. ``name_of`` names a member in the log
-    lines (its Raft id when it returns None).
+    ``published(membership)`` is called after every batch that changed something a status
+    shows. ``name_of`` names a member in the log lines (its Raft id when it returns None).
     """
 
     def __init__(
@@ -142,6 +139,7 @@ class RaftLoop:
         self._tick_origin = time.monotonic()
         self._ticks_done = 0
         self._wake_tick = 1
+        self._planned_wake = 0.0
         self.failure: BaseException | None = None
         self._stop_requested = threading.Event()
         self._persister = Persister(
@@ -168,10 +166,9 @@ class RaftLoop:
         self._thread.start()
 
     def stop(self, error: BaseException, timeout: float = 5.0) -> bool:
-        """Ask the loop to stop after the batch at hand, failing every caller still waiting
-        with ``error``; True once it has stopped (the storage is then free to close). A loop
-        that does not stop within ``timeout`` (a persist that hangs) stops on its own once the
-        batch ends, and runs :meth:`after_exit` callbacks then."""
+        """Stop after the batch at hand, failing every waiting caller with ``error``; True once
+        stopped (the storage is then free to close). Past ``timeout`` (a persist that hangs) it
+        stops on its own once the batch ends, and runs :meth:`after_exit` callbacks then."""
         self._stop_error = error
         self._stop_requested.set()
         thread = self._thread
@@ -201,8 +198,11 @@ class RaftLoop:
         """Queue a peer message, a :class:`Call`, a :class:`Proposal`, a reply slot or TICK."""
         self._inbox.put(event)
 
-    def wake(self) -> None:
-        self._inbox.put(TICK)
+    def nudge(self) -> None:
+        """The pacemaker's run: wake the loop only if it overslept its planned wake-up (on time,
+        the run would be one more wake-up for nothing: a tenth of an idle leader's CPU)."""
+        if time.monotonic() > self._planned_wake + self._tick_seconds:
+            self._inbox.put(TICK)
 
     def ask_read_index(self, core: RaftCore, future: Future[int]) -> str:
         """On the loop: ask the core for a read index; ``future`` gets it once this node has
@@ -254,6 +254,7 @@ class RaftLoop:
             parked = self.outbox.next_deadline()
             if parked is not None:
                 wake = min(wake, parked)
+            self._planned_wake = wake
             try:
                 event = inbox.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
@@ -364,10 +365,9 @@ class RaftLoop:
             if ready.messages:  # 2. send
                 outbox.send(ready.messages)
                 if outbox.has_open_slots:
-                    # The answers to the open peer requests are all in this first Ready (the
-                    # core answers a message as it steps it), persisted: they leave now, not
-                    # after the apply. On a follower the apply is the previous command's (its
-                    # commit rides on this AppendEntries), so it left the leader waiting.
+                    # The answers to the open peer requests are all in this first Ready,
+                    # persisted: they leave now, not after the apply (on a follower, of the
+                    # previous command, whose commit rides on this AppendEntries).
                     outbox.close_slots()
             stats.messages_sent += len(ready.messages) + len(ready.early_messages)
             self._apply(ready)  # 3. apply
@@ -399,8 +399,6 @@ class RaftLoop:
             waiter = self._waiters.pop(entry.index, None)
             if waiter is None:
                 continue
-            if waiter.term == entry.term:
-                self._stats.commit_latency_seconds.observe(time.monotonic() - waiter.proposed)
             if waiter.term != entry.term:
                 waiter.future.set_exception(
                     ProposalDroppedError(
@@ -408,7 +406,9 @@ class RaftLoop:
                         "retry it (with the same request id)"
                     )
                 )
-            elif error is not None:
+                continue
+            self._stats.commit_latency_seconds.observe(time.monotonic() - waiter.proposed)
+            if error is not None:
                 waiter.future.set_exception(error)
             else:
                 waiter.future.set_result((entry.index, entry.term, result))
