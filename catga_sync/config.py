@@ -136,6 +136,9 @@ class ClusterConfig:
     pipeline_depth: int = 1
     """Peer requests in flight to one peer at once (each on its own connection); 1: the next
     batch leaves when the last one is answered."""
+    peer_frames: bool = True
+    """Send a peer that offers them every batch as a frame on one open request (its answers
+    say so); False: one request per batch, as to a peer that does not."""
     signature_window: timedelta = timedelta(seconds=30)
     """A signed request older or newer than this (by the receiver's clock) is refused."""
     tick_interval: timedelta | None = None

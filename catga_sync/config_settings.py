@@ -68,6 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("url_prefix", "str"),
     Setting("max_message_bytes", "int"),
     Setting("pipeline_depth", "int"),
+    Setting("peer_frames", "bool"),
     Setting("signature_window", "duration"),
     Setting("tick_interval", "optional_duration"),
     Setting("switch_interval", "seconds"),

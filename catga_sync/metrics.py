@@ -92,9 +92,16 @@ class NodeCollector:
                 "Messages to a peer whose batch failed (heartbeats included)",
                 labels=[*labels, "peer"],
             )
+            frames = GaugeMetricFamily(
+                "catga_peer_frames",
+                "1 while the batches to a peer travel as frames on one open request",
+                labels=[*labels, "peer"],
+            )
             for peer, peer_stats in transport_stats().items():
                 failures.add_metric([*values, peer], peer_stats.get("failed", 0))
+                frames.add_metric([*values, peer], int(peer_stats.get("frames") == "working"))
             yield failures
+            yield frames
 
     def _gauges(self, gauge_family: Any, labels: list[str], values: list[str]) -> Iterator[Any]:
         node = self._node

@@ -14,6 +14,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from catga_sync.raft import AppendEntries, Entry, Heartbeat, HeartbeatResponse, Message
 from catga_sync.transport.arrival import MAX_WAIT
 from catga_sync.web import create_peer_blueprint
+from catga_sync.web.keepalive import KeepAliveServer
 
 
 class RecordingReceiver:
@@ -71,6 +72,13 @@ class InlineReceiver(RecordingReceiver):
         return []
 
 
+class AnsweringReceiver(InlineReceiver):
+    """A receiver that answers every heartbeat inline, as a node's Raft loop would."""
+
+    def answer(self, messages: Sequence[Message]) -> list[Message]:
+        return [heartbeat_response(self.raft_id, m.frm, m.term, m.context) for m in messages]
+
+
 def heartbeat(frm: str, to: str, term: int = 1, commit: int = 0, context: str = "") -> Heartbeat:
     return Heartbeat(term, frm, to, commit, context)
 
@@ -110,9 +118,14 @@ def peer_app(
 
 
 @contextlib.contextmanager
-def serve(app: Flask, port: int = 0) -> Iterator[BaseWSGIServer]:
-    """Run ``app`` on a real loopback socket in a thread; ``server.port`` says where."""
-    server = make_server("127.0.0.1", port, app, threaded=True)
+def serve(app: Flask, port: int = 0, *, embedded: bool = False) -> Iterator[BaseWSGIServer]:
+    """Run ``app`` on a real loopback socket in a thread; ``server.port`` says where. With
+    ``embedded``, on the node's embedded server (it streams both ways: peer frames)."""
+    server = (
+        KeepAliveServer("127.0.0.1", port, app)
+        if embedded
+        else make_server("127.0.0.1", port, app, threaded=True)
+    )
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-server", daemon=True
     )

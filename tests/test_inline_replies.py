@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
 
 import pytest
 from _peer_support import (
-    InlineReceiver,
+    AnsweringReceiver,
     RecordingReceiver,
     heartbeat,
     heartbeat_response,
@@ -25,7 +24,6 @@ from helpers import LocalCluster
 
 from catga_sync.errors import PeerAuthError
 from catga_sync.kv import ReplicatedDict
-from catga_sync.raft import Message
 from catga_sync.storage import MemoryStorage
 from catga_sync.transport.http import HttpTransport
 from catga_sync.transport.signing import reply_headers, verify_reply
@@ -33,13 +31,6 @@ from catga_sync.transport.signing import reply_headers, verify_reply
 SECRET = "inline reply secret"
 ME = "http://127.0.0.1:5000"
 WAIT = 10.0
-
-
-class AnsweringReceiver(InlineReceiver):
-    """A receiver that answers every heartbeat inline, as a node's Raft loop would."""
-
-    def answer(self, messages: Sequence[Message]) -> list[Message]:
-        return [heartbeat_response(self.raft_id, m.frm, m.term, m.context) for m in messages]
 
 
 @pytest.mark.parametrize("secret", [None, SECRET])

@@ -174,8 +174,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
 
         Extensions start before the loop, so that one that fails (the embedded server's port
         is taken) fails the start before this node has voted, campaigned or run leader-only
-        work. A start that fails is final: the node releases everything and raises; create a
-        new node to try again."""
+        work. A failed start is final: the node releases everything and raises."""
         self._fork.check()
         with self._lifecycle:
             if self._start_failure is not None:
@@ -247,6 +246,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
                 timeout=self.timeouts.peer_request,
                 max_batch_bytes=config.max_message_bytes,
                 pipeline_depth=config.pipeline_depth,
+                frames=config.peer_frames,
                 reply_receiver=self,
                 ssl_context=config.tls_client.context(),
                 rpc_observer=rpc_observer(self.stats, lambda: self._board.status.is_leader),

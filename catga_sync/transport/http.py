@@ -45,7 +45,8 @@ from ..raft import (
     VoteResponse,
 )
 from .base import PeerReceiver
-from .http11 import PeerConnection
+from .frames import HEADER_FRAMES
+from .http11 import FramesRefused, FramesUnanswered, PeerConnection
 from .signing import peer_post_headers, verify_reply
 from .wire import (
     DEFAULT_MAX_BODY_BYTES,
@@ -68,6 +69,9 @@ RpcObserver = Callable[[str, float, bool], None]
 
 _BACKOFF_FIRST = 0.01
 """Seconds to wait after the first failure to a peer; doubled per failure, capped at the timeout."""
+
+FRAMES_RETRY = 600.0
+"""Seconds a peer whose opening of frames was never answered gets one request per exchange."""
 
 _SUPERSEDABLE = (Heartbeat, HeartbeatResponse, VoteRequest, VoteResponse, TimeoutNow)
 
@@ -205,6 +209,11 @@ class _PeerSender:
         self.last_error: str | None = None
         self.last_latency = 0.0
         self.warned_oversized = False
+        self.frames = "unknown"
+        """Frames (:mod:`.frames`) with this peer: ``unknown`` (one request per exchange, until
+        an answer offers them), ``offered``, ``working`` (an exchange went through) or ``off``
+        (an opening was never answered: a request per exchange for ``FRAMES_RETRY`` seconds)."""
+        self.frames_off_until = 0.0
         self.connections = [self._new_connection() for _ in range(owner.pipeline_depth)]
         self.threads = [
             threading.Thread(
@@ -264,6 +273,7 @@ class _PeerSender:
                 "reachable": self.reachable,
                 "last_error": self.last_error,
                 "last_latency": self.last_latency,
+                "frames": self.frames,
             }
 
     # ----------------------------------------------------------------------------------------
@@ -408,7 +418,45 @@ class _PeerSender:
         the answer's headers)."""
         if connection.is_open and connection.dropped():
             connection.close()  # the peer closed it while idle (a restart, an idle timeout)
-        return connection.post(self.path, body, headers)
+        if self.frames in ("offered", "working"):
+            try:
+                answer = connection.exchange(self.path, body, headers, self._opening_headers())
+            except FramesRefused as refused:  # it no longer takes them (a restart, a downgrade)
+                logger.info("Peer %s refused frames (%d)", self.peer, refused.status)
+                self.frames = "unknown"
+            except FramesUnanswered:
+                if self.frames == "offered":  # they never worked: a proxy that holds the body?
+                    self._frames_off()
+                else:  # they did: learn again from the next answer (a downgraded peer)
+                    self.frames = "unknown"
+                raise
+            else:
+                self.frames = "working"
+                return answer
+        status, answer_body, answer_headers = connection.post(self.path, body, headers)
+        if answer_headers.get(HEADER_FRAMES) == "1" and self.owner.frames:
+            if self.frames == "unknown" or (
+                self.frames == "off" and time.monotonic() >= self.frames_off_until
+            ):
+                self.frames = "offered"
+        return status, answer_body, answer_headers
+
+    def _opening_headers(self) -> dict[str, str]:
+        owner = self.owner
+        return peer_post_headers(
+            owner.secret, self.path, b"", owner.sender_id, owner.sender_name, time.time()
+        )
+
+    def _frames_off(self) -> None:
+        self.frames = "off"
+        self.frames_off_until = time.monotonic() + FRAMES_RETRY
+        logger.warning(
+            "Peer %s offered frames, but their opening was not answered in time (a proxy in "
+            "between that holds a request until its body ends?); sending it one request per "
+            "exchange for %.0f s. If this repeats, set PeerFrames to false on this node.",
+            self.peer,
+            FRAMES_RETRY,
+        )
 
     def _oversized(self, size: int, count: int) -> None:
         error = (
@@ -454,7 +502,8 @@ class HttpTransport:
 
     ``timeout`` bounds both connecting and reading one POST (derive it from the election
     timeout: a reply later than that is useless to Raft). ``max_batch_bytes`` should equal the
-    receivers' body limit.
+    receivers' body limit. With ``frames``, a peer whose answers offer frames gets every batch
+    as a frame on one open POST instead of a POST each (:mod:`.frames`).
     """
 
     def __init__(
@@ -472,6 +521,7 @@ class HttpTransport:
         reply_receiver: PeerReceiver | None = None,
         ssl_context: ssl.SSLContext | None = None,
         pipeline_depth: int = 1,
+        frames: bool = True,
     ) -> None:
         if not sender_id:
             raise ConfigError("sender_id must be this node's Raft id (its normalized endpoint)")
@@ -498,6 +548,8 @@ class HttpTransport:
         self.max_batch_bytes = max_batch_bytes
         self.pipeline_depth = pipeline_depth
         """POSTs in flight to one peer at most, each on its own connection and thread."""
+        self.frames = frames
+        """Take a peer's offer of frames (:mod:`.frames`): many exchanges per POST."""
         self._observer = rpc_observer
         self.reply_receiver = reply_receiver
         self.ssl_context = ssl_context

@@ -5,8 +5,10 @@ Every command crosses this path several times, so its cost counts: measured here
 :mod:`email` package. Peers answer with a handful of plain headers, which this reads as bytes.
 It speaks only what the peer routes need: one ``POST`` at a time, a body with
 ``Content-Length``, and an answer with ``Content-Length``, chunked, or delimited by the close
-(what a proxy in between might send). Errors are those of :mod:`http.client`
-(:class:`~http.client.HTTPException`) and sockets (:class:`OSError`, ``TimeoutError``).
+(what a proxy in between might send); or, with :meth:`PeerConnection.exchange`, one open
+chunked ``POST`` that carries an exchange per frame (:mod:`.frames`). Errors are those of
+:mod:`http.client` (:class:`~http.client.HTTPException`) and sockets (:class:`OSError`,
+``TimeoutError``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import socket
 import ssl
 from typing import BinaryIO
 
-__all__ = ["PeerConnection"]
+from .frames import FRAMES_CONTENT_TYPE, FrameError, decode_answer, encode_frame, read_frame
+
+__all__ = ["FramesRefused", "FramesUnanswered", "PeerConnection"]
+
+MAX_ANSWER_FRAME_BYTES = 256 << 20
+_FRAMING_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "host"})
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
@@ -44,6 +51,8 @@ class PeerConnection:
         self.ssl_context = ssl_context
         self._sock: socket.socket | None = None
         self._reader: BinaryIO | None = None
+        self._framed = False
+        """The open connection carries a framed POST whose answer head has been read."""
         authority = host if ":" not in host else f"[{host}]"  # an IPv6 literal
         self._host_header = f"{authority}:{port}".encode("latin-1")
 
@@ -86,9 +95,60 @@ class PeerConnection:
             self.close()
         return status, answer, answer_headers
 
+    def exchange(
+        self, path: str, body: bytes, headers: dict[str, str], open_headers: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """One exchange as a frame on an open framed ``POST path`` (opened with
+        ``open_headers`` on first use): (status, body, headers), as :meth:`post` answers.
+        Raises :class:`FramesRefused` when the peer answers the opening as a plain request."""
+        if self._sock is None:
+            self._connect()
+        sock, reader = self._sock, self._reader
+        assert sock is not None and reader is not None
+        sock.settimeout(self.timeout)
+        frame = encode_frame(headers, body)
+        chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
+        try:
+            if self._framed:
+                sock.sendall(chunk)
+            else:
+                lines = [b"POST " + path.encode("latin-1") + b" HTTP/1.1"]
+                lines.append(b"Host: " + self._host_header)
+                lines += [
+                    f"{name}: {value}".encode("latin-1")
+                    for name, value in open_headers.items()
+                    if name.lower() not in _FRAMING_HEADERS
+                ]
+                lines += [
+                    b"Content-Type: " + FRAMES_CONTENT_TYPE.encode(),
+                    b"Transfer-Encoding: chunked",
+                ]
+                sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + chunk)
+                try:
+                    status, answer_headers, _ = _read_head(reader)
+                except TimeoutError as exc:
+                    raise FramesUnanswered(str(exc) or "timed out") from None
+                content_type = answer_headers.get("Content-Type", "").split(";", 1)[0].strip()
+                if status != 200 or content_type != FRAMES_CONTENT_TYPE:
+                    no_body = status in (204, 304) or 100 <= status < 200
+                    answer = b"" if no_body else _read_body(reader, answer_headers)
+                    raise FramesRefused(status, answer, answer_headers)
+                self._framed = True
+            answer_frame = read_frame(reader.read, MAX_ANSWER_FRAME_BYTES)
+            if answer_frame is None:
+                raise http.client.RemoteDisconnected("the peer ended the framed exchange")
+            return decode_answer(*answer_frame)
+        except FrameError as exc:
+            self.close()
+            raise http.client.HTTPException(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+
     def close(self) -> None:
         sock, reader = self._sock, self._reader
         self._sock = self._reader = None
+        self._framed = False
         if reader is not None:
             reader.close()
         if sock is not None:
@@ -106,6 +166,23 @@ class PeerConnection:
             raise
         self._sock = sock
         self._reader = sock.makefile("rb")
+
+
+class FramesRefused(http.client.HTTPException):
+    """The peer answered a framed ``POST`` as a plain request: it does not take frames (an
+    older version, a server or proxy that does not stream both ways), or refused the opening
+    (the answer says why). The connection is closed."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(f"the peer answered the framed exchange with {status}")
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+class FramesUnanswered(TimeoutError):
+    """The peer did not answer the opening of a framed ``POST`` in time: perhaps a proxy in
+    between that holds a request until its body ends. The connection is closed."""
 
 
 def _read_line(reader: BinaryIO) -> bytes:

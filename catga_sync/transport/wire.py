@@ -43,6 +43,8 @@ HEADER_STREAM = "X-Catga-Stream"
 """On a pipelined peer RPC request, ``<stream>:<seq>``: its place among its sender's requests,
 which the receiver queues in that order (:mod:`catga_sync.transport.arrival`). Not signed: it
 orders requests, it authorizes nothing."""
+HEADER_WORKER_TOKEN = "X-Catga-Worker-Token"
+"""On a request a gunicorn worker relays to the worker that hosts the node."""
 HEADER_TIMESTAMP = "X-Catga-Timestamp"
 HEADER_SIGNATURE = "X-Catga-Signature"
 

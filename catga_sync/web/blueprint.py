@@ -7,6 +7,7 @@ and the node's state is untouched. Wire format and status codes: ``docs/transpor
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -28,6 +29,7 @@ from ..errors import (
 )
 from ..transport.arrival import MAX_WAIT, ArrivalOrder
 from ..transport.base import PeerReceiver, ProposalReceiver
+from ..transport.frames import FRAMES_CONTENT_TYPE, HEADER_FRAMES
 from ..transport.proposals import PROPOSE_PATH, decode_proposal, outcome_json
 from ..transport.signing import ReplayGuard, reply_headers, verify
 from ..transport.wire import (
@@ -50,6 +52,7 @@ from ..transport.wire import (
     normalize_url_prefix,
 )
 from .admin import AdminNode, register_admin_routes
+from .peer_frames import PeerHeaders, frames_offered, open_frames
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +104,16 @@ class PeerGate:
         if request.method not in methods:
             _method_not_allowed(", ".join(methods))
         body = _read_body(self.max_body_bytes)
-        sender = request.headers.get(HEADER_SENDER, "")
+        return body, self.sender(request.headers, request.method, _signed_path(), body)
+
+    def sender(self, headers: PeerHeaders, method: str, path: str, body: bytes) -> str:
+        """The sender of a request (or of a frame: :mod:`catga_sync.transport.frames`) with
+        ``headers`` and ``body``, once its signature or its sender header is checked."""
+        sender = headers.get(HEADER_SENDER, "")
         if self.secret is not None and self._replays is not None:
             now = time.time()
-            auth = _auth_headers()
-            verify(
-                self.secret, request.method, _signed_path(), body, auth, now, self.signature_window
-            )
+            auth = _auth_headers(headers)
+            verify(self.secret, method, path, body, auth, now, self.signature_window)
             self._replays.check(auth[HEADER_SIGNATURE], float(auth[HEADER_TIMESTAMP]), now)
         elif not sender:
             raise _Refusal(
@@ -116,7 +122,20 @@ class PeerGate:
                 f"The {HEADER_SENDER} header is missing; it must hold the sending node's Raft id "
                 "(its normalized endpoint, such as http://node1:5000).",
             )
-        return body, sender
+        return sender
+
+    @staticmethod
+    def refuse(status: int, code: str, message: str) -> NoReturn:
+        raise _Refusal(status, code, message)
+
+    def refusal(self, exc: Exception) -> tuple[int, dict[str, str], bytes]:
+        """What a request failing with ``exc`` is answered, for a frame: (status, headers,
+        JSON body), logged as the error handlers log it."""
+        status, code, message, headers = _describe(exc, self.max_body_bytes)
+        if 400 <= status < 500 and status != 405:
+            self.rejections.log(status, code, message)
+        body = json.dumps({"error": code, "message": message}).encode()
+        return status, {**headers, "Content-Type": "application/json"}, body
 
     @staticmethod
     def not_running() -> NoReturn:
@@ -134,35 +153,33 @@ class PeerGate:
         rejections = self.rejections
         max_body_bytes = self.max_body_bytes
 
-        @bp.errorhandler(_Refusal)
-        def on_refusal(exc: _Refusal) -> Response:
-            return rejections.reply(exc.status, exc.code, str(exc), exc.headers)
-
-        @bp.errorhandler(WireFormatError)
-        def on_wire_error(exc: WireFormatError) -> Response:
-            return rejections.reply(400, exc.code, str(exc))
-
-        @bp.errorhandler(PeerAuthError)
-        def on_auth_error(exc: PeerAuthError) -> Response:
-            headers = {"WWW-Authenticate": 'CatgaHMAC realm="catga peer API"'}
-            return rejections.reply(401, "unauthorized", str(exc), headers)
-
-        @bp.errorhandler(HTTPException)
-        def on_http_error(exc: HTTPException) -> Response:
-            status = exc.code or 500
-            if isinstance(exc, RequestEntityTooLarge):
-                return _too_large(rejections, max_body_bytes)
-            code = (exc.name or "error").lower().replace(" ", "_")
-            return rejections.reply(status, code, exc.description or exc.name or "error")
-
         @bp.errorhandler(Exception)
-        def on_unexpected(exc: Exception) -> Response:
-            logger.exception("Peer RPC failed unexpectedly; nothing was delivered")
-            return rejections.reply(
-                500,
-                "internal_error",
-                f"The node failed to take the request ({type(exc).__name__}); see its log.",
-            )
+        def on_error(exc: Exception) -> Response:
+            return rejections.reply(*_describe(exc, max_body_bytes))
+
+
+def _describe(exc: Exception, max_body_bytes: int) -> tuple[int, str, str, dict[str, str]]:
+    """A peer request's failure as (status, code, message, headers) of its JSON answer."""
+    if isinstance(exc, _Refusal):
+        return exc.status, exc.code, str(exc), exc.headers
+    if isinstance(exc, WireFormatError):
+        return 400, exc.code, str(exc), {}
+    if isinstance(exc, PeerAuthError):
+        headers = {"WWW-Authenticate": 'CatgaHMAC realm="catga peer API"'}
+        return 401, "unauthorized", str(exc), headers
+    if isinstance(exc, RequestEntityTooLarge):
+        message = (
+            f"The request body exceeds this node's limit of {max_body_bytes} bytes. Give every "
+            "node the same limit (max_message_bytes); senders split their batches to stay "
+            "below it."
+        )
+        return 413, "payload_too_large", message, {}
+    if isinstance(exc, HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return exc.code or 500, code, exc.description or exc.name or "error", {}
+    logger.exception("Peer RPC failed unexpectedly; nothing was delivered", exc_info=exc)
+    message = f"The node failed to take the request ({type(exc).__name__}); see its log."
+    return 500, "internal_error", message, {}
 
 
 def create_peer_blueprint(
@@ -204,20 +221,21 @@ def create_peer_blueprint(
             gate.not_running()
         return receiver
 
-    @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
-    def raft() -> tuple[Response, int]:
-        body, sender = gate.body()
-        sender_name = _sender_name()
+    def exchange(
+        headers: PeerHeaders, body: bytes, path: str, sender: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Deliver one checked request's (or frame's) messages: (status, headers, body)."""
+        sender_name = _sender_name(headers)
         receiver = receiver_or_503()
         messages = decode_batch(body)
         check_addressing(messages, sender=sender, receiver=receiver.raft_id)
         # A pipelining sender's requests are queued in the order it sent them (.arrival).
-        turn = arrivals.turn(sender, request.headers.get(HEADER_STREAM))
+        turn = arrivals.turn(sender, headers.get(HEADER_STREAM))
         turn.wait(arrival_wait)
         # The InlineReplyReceiver port, but not isinstance() on the Protocol: on every
         # heartbeat that cost more than the check.
         receive_and_reply = getattr(receiver, "receive_and_reply", None)
-        if request.headers.get(HEADER_REPLY) == INLINE_REPLY and receive_and_reply is not None:
+        if headers.get(HEADER_REPLY) == INLINE_REPLY and receive_and_reply is not None:
             with turn:
                 if turn.ordered:  # the next request of the stream may go once these are queued
                     replies = receive_and_reply(
@@ -226,20 +244,26 @@ def create_peer_blueprint(
                 else:  # as before pipelining: a receiver need not know ``queued``
                     replies = receive_and_reply(messages, sender_name, INLINE_REPLY_WAIT)
             answer = encode_batch(replies)
-            headers = reply_headers(
-                gate.secret,
-                _signed_path(),
-                request.headers.get(HEADER_SIGNATURE, ""),
-                answer,
-                receiver.raft_id,
-                time.time(),
+            signature = headers.get(HEADER_SIGNATURE, "")
+            signed = reply_headers(
+                gate.secret, path, signature, answer, receiver.raft_id, time.time()
             )
-            return Response(answer, 200, headers, mimetype="application/json"), 200
+            return 200, {**signed, "Content-Type": "application/json"}, answer
         with turn:
             if messages:
                 receiver.receive(messages, sender_name)
         # Built by hand: jsonify costs a tenth of a peer POST, and this is every heartbeat.
-        return Response(b'{"accepted":%d}' % len(messages), 202, mimetype="application/json"), 202
+        return 202, {"Content-Type": "application/json"}, b'{"accepted":%d}' % len(messages)
+
+    @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def raft() -> tuple[Response, int]:
+        if request.mimetype == FRAMES_CONTENT_TYPE and request.method == "POST":
+            return open_frames(gate, exchange, _signed_path()), 200
+        body, sender = gate.body()
+        status, headers, answer = exchange(request.headers, body, _signed_path(), sender)
+        if frames_offered():
+            headers[HEADER_FRAMES] = "1"
+        return Response(answer, status, headers), status
 
     @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def propose() -> tuple[Response, int]:
@@ -303,32 +327,23 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _too_large(rejections: _RejectionLog, limit: int) -> Response:
-    return rejections.reply(
-        413,
-        "payload_too_large",
-        f"The request body exceeds this node's limit of {limit} bytes. Give every node the "
-        "same limit (max_message_bytes); senders split their batches to stay below it.",
-    )
-
-
 def _signed_path() -> str:
     # The path the sender put in its URL: the mount point (SCRIPT_NAME) and the route.
     return request.script_root + request.path
 
 
-def _auth_headers() -> dict[str, str]:
+def _auth_headers(headers: PeerHeaders) -> dict[str, str]:
     # The first value of each signed header (what ``headers.get`` and the signer agree on).
     found = {}
     for name in (HEADER_SENDER, HEADER_TIMESTAMP, HEADER_SIGNATURE):
-        value = request.headers.get(name)
+        value = headers.get(name)
         if value is not None:
             found[name] = value
     return found
 
 
-def _sender_name() -> str | None:
-    name = request.headers.get(HEADER_NODE)
+def _sender_name(headers: PeerHeaders) -> str | None:
+    name = headers.get(HEADER_NODE)
     if name is None or name == "":
         return None
     if len(name) > MAX_NODE_NAME_LENGTH or not _PRINTABLE_ASCII.fullmatch(name):
@@ -358,14 +373,14 @@ class _RejectionLog:
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None
     ) -> Response:
         if 400 <= status < 500 and status != 405:
-            self._log(status, code, message)
+            self.log(status, code, message)
         response = jsonify(error=code, message=message)
         response.status_code = status
         for name, value in (headers or {}).items():
             response.headers[name] = value
         return response
 
-    def _log(self, status: int, code: str, message: str) -> None:
+    def log(self, status: int, code: str, message: str) -> None:
         remote = request.remote_addr or "?"
         logger.debug("Refused peer request from %s: %d %s: %s", remote, status, code, message)
         now = time.monotonic()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 
 from ..errors import StorageError
+from ..transport.wire import HEADER_WORKER_TOKEN
 
 if TYPE_CHECKING:
     from ..node import ClusterNode
@@ -33,7 +34,7 @@ __all__ = [
     "worker_paths",
 ]
 
-WORKER_TOKEN_HEADER = "X-Catga-Worker-Token"
+WORKER_TOKEN_HEADER = HEADER_WORKER_TOKEN
 RETRY = 0.1
 """Seconds between a client's looks at the workers file while no host answers."""
 
