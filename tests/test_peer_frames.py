@@ -356,3 +356,20 @@ def test_a_peer_that_never_answers_the_opening_gets_one_request_per_exchange(
     assert [m.term for m in ours.messages] == [1, 3]
     assert proxy.plain == 2
     assert any("was not answered in time" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sender_closing_its_exchange_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A sender ends an exchange by closing it (a stop, a timeout): no last chunk, no error."""
+    peer = AnsweringReceiver("placeholder")
+    caplog.set_level(logging.DEBUG, logger="catga_sync.web")
+    with serve(peer_app(lambda: peer, secret=None), embedded=True) as server:
+        peer._raft_id = f"http://127.0.0.1:{server.port}"
+        body = encode_batch([heartbeat(ME, peer._raft_id)])
+        connection, opening = _open(server.port, None)
+        assert connection.exchange(PATH, body, _frame(None, body), opening)[0] == 200
+        connection.close()
+        deadline = time.monotonic() + WAIT
+        while server._connections:  # the server's side of the exchange has ended
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

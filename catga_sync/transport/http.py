@@ -421,12 +421,18 @@ class _PeerSender:
         if self.frames in ("offered", "working"):
             try:
                 answer = connection.exchange(self.path, body, headers, self._opening_headers())
-            except FramesRefused as refused:  # it no longer takes them (a restart, a downgrade)
-                logger.info("Peer %s refused frames (%d)", self.peer, refused.status)
-                self.frames = "unknown"
+            except FramesRefused as refused:
+                if refused.status == 415:  # it no longer takes them (and will not offer them)
+                    logger.info("Peer %s refused frames (415)", self.peer)
+                    self.frames = "unknown"
+                else:  # something in between answered: do not try again at every batch
+                    self._frames_off(f"their opening was answered with {refused.status}")
             except FramesUnanswered:
                 if self.frames == "offered":  # they never worked: a proxy that holds the body?
-                    self._frames_off()
+                    self._frames_off(
+                        "their opening was not answered in time (a proxy in between that "
+                        "holds a request until its body ends?)"
+                    )
                 else:  # they did: learn again from the next answer (a downgraded peer)
                     self.frames = "unknown"
                 raise
@@ -447,14 +453,14 @@ class _PeerSender:
             owner.secret, self.path, b"", owner.sender_id, owner.sender_name, time.time()
         )
 
-    def _frames_off(self) -> None:
+    def _frames_off(self, why: str) -> None:
         self.frames = "off"
         self.frames_off_until = time.monotonic() + FRAMES_RETRY
         logger.warning(
-            "Peer %s offered frames, but their opening was not answered in time (a proxy in "
-            "between that holds a request until its body ends?); sending it one request per "
-            "exchange for %.0f s. If this repeats, set PeerFrames to false on this node.",
+            "Peer %s offered frames, but %s; sending it one request per exchange for %.0f s. "
+            "If this repeats, set PeerFrames to false on this node.",
             self.peer,
+            why,
             FRAMES_RETRY,
         )
 

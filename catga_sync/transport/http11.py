@@ -129,7 +129,10 @@ class PeerConnection:
                 except TimeoutError as exc:
                     raise FramesUnanswered(str(exc) or "timed out") from None
                 content_type = answer_headers.get("Content-Type", "").split(";", 1)[0].strip()
-                if status != 200 or content_type != FRAMES_CONTENT_TYPE:
+                # Frames are read raw until the close: an answer re-chunked or sized by a
+                # proxy in between is refused rather than misread.
+                delimited = "Content-Length" in answer_headers or _chunked(answer_headers)
+                if status != 200 or content_type != FRAMES_CONTENT_TYPE or delimited:
                     no_body = status in (204, 304) or 100 <= status < 200
                     answer = b"" if no_body else _read_body(reader, answer_headers)
                     raise FramesRefused(status, answer, answer_headers)

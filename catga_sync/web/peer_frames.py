@@ -87,6 +87,10 @@ def open_frames(gate: Gate, exchange: Exchange, path: str) -> Response:
             except FrameError as exc:
                 gate.rejections.log(400, "bad_frame", f"{exc}; the exchange was ended")
                 return
+            except TimeoutError:
+                raise  # idle past the server's timeout: the handler drops the connection
+            except OSError:  # the sender closed without a last chunk (a stop, a timeout)
+                return
             if frame is None:
                 return
             meta, body = frame
