@@ -26,6 +26,7 @@ from _peer_support import (
     serve,
 )
 
+from catga_sync.errors import PeerAuthError
 from catga_sync.raft.codec import message_to_dict
 from catga_sync.transport.frames import (
     FrameError,
@@ -36,7 +37,7 @@ from catga_sync.transport.frames import (
 )
 from catga_sync.transport.http import HttpTransport
 from catga_sync.transport.http11 import FramesRefused, PeerConnection
-from catga_sync.transport.signing import peer_post_headers
+from catga_sync.transport.signing import peer_post_headers, verify_reply
 from catga_sync.transport.wire import encode_batch
 
 SECRET = "frames secret"
@@ -173,7 +174,11 @@ def test_each_frame_is_checked_as_a_request_and_a_refusal_does_not_end_the_excha
             assert status == 401 and json.loads(body)["error"] == "unauthorized"
             status, body, answer_headers = connection.exchange(PATH, good, headers, opening)
             assert status == 200, body
-            assert "X-Catga-Signature" in answer_headers  # the reply is signed, as a request's
+            verify_reply(  # the reply is signed and bound to this frame, as a request's
+                SECRET, PATH, headers["X-Catga-Signature"], body, answer_headers, time.time(), 30
+            )
+            with pytest.raises(PeerAuthError):  # and to no other
+                verify_reply(SECRET, PATH, "0" * 64, body, answer_headers, time.time(), 30)
             assert json.loads(body)["messages"] == [
                 message_to_dict(heartbeat_response(peer_id, ME, 4))
             ]

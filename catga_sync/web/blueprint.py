@@ -132,8 +132,7 @@ class PeerGate:
         """What a request failing with ``exc`` is answered, for a frame: (status, headers,
         JSON body), logged as the error handlers log it."""
         status, code, message, headers = _describe(exc, self.max_body_bytes)
-        if 400 <= status < 500 and status != 405:
-            self.rejections.log(status, code, message)
+        self.rejections.log(status, code, message)
         body = json.dumps({"error": code, "message": message}).encode()
         return status, {**headers, "Content-Type": "application/json"}, body
 
@@ -372,8 +371,7 @@ class _RejectionLog:
     def reply(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None
     ) -> Response:
-        if 400 <= status < 500 and status != 405:
-            self.log(status, code, message)
+        self.log(status, code, message)
         response = jsonify(error=code, message=message)
         response.status_code = status
         for name, value in (headers or {}).items():
@@ -381,6 +379,9 @@ class _RejectionLog:
         return response
 
     def log(self, status: int, code: str, message: str) -> None:
+        """Log a refusal: a 4xx the client could fix (a 405 and a 5xx are not logged here)."""
+        if not 400 <= status < 500 or status == 405:
+            return
         remote = request.remote_addr or "?"
         logger.debug("Refused peer request from %s: %d %s: %s", remote, status, code, message)
         now = time.monotonic()
