@@ -85,10 +85,11 @@ BACKGROUND_SNAPSHOT_ENV = "CATGA_BENCH_BACKGROUND_SNAPSHOT_AFTER"
 default's."""
 
 PIPELINE_DEPTH_ENV = "CATGA_BENCH_PIPELINE_DEPTH"
+PEER_FRAMES_ENV = "CATGA_BENCH_PEER_FRAMES"
 """The benchmarks' ``--pipeline-depth``, handed to the node processes they start."""
 
 
-def add_pipeline_depth_option(parser: argparse.ArgumentParser) -> None:
+def add_transport_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pipeline-depth",
         type=int,
@@ -96,11 +97,17 @@ def add_pipeline_depth_option(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="catga_sync's Cluster:PipelineDepth on every node (default: 1, the default's)",
     )
+    parser.add_argument(
+        "--no-peer-frames",
+        action="store_true",
+        help="Cluster:PeerFrames false on every node: one HTTP request per peer exchange",
+    )
 
 
-def use_pipeline_depth(args: argparse.Namespace) -> None:
-    """Give every node of this run, in this process and in those it starts, the depth."""
+def use_transport_options(args: argparse.Namespace) -> None:
+    """Give every node of this run, in this process and in those it starts, the options."""
     os.environ[PIPELINE_DEPTH_ENV] = str(args.pipeline_depth)
+    os.environ[PEER_FRAMES_ENV] = "0" if args.no_peer_frames else "1"
 
 
 def catga_node(
@@ -130,6 +137,7 @@ def catga_node(
         election_timeout=timedelta(milliseconds=150),
         heartbeat_interval=timedelta(milliseconds=50),
         pipeline_depth=int(os.environ.get(PIPELINE_DEPTH_ENV, "1")),
+        peer_frames=os.environ.get(PEER_FRAMES_ENV, "1") == "1",
         snapshot_every=ORDERS_SNAPSHOT_EVERY if orders else 10_000,
         join=join,
         **extra,

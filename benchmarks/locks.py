@@ -49,10 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_node import (
     LOCK_TTL,
-    add_pipeline_depth_option,
+    add_transport_options,
     catga_node,
     pysyncobj_counter,
-    use_pipeline_depth,
+    use_transport_options,
 )
 from etcd_cluster import Gateway, b64, etcd_cluster
 from report import (
@@ -352,9 +352,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: catga,pysyncobj,etcd")
     parser.add_argument("--etcd", default="etcd", help="the etcd binary (default: on PATH)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of the figures (matplotlib)")
-    add_pipeline_depth_option(parser)
+    add_transport_options(parser)
     args = parser.parse_args()
-    use_pipeline_depth(args)
+    use_transport_options(args)
     if args.plot and not matplotlib_available():
         parser.error(MATPLOTLIB_MISSING)
     exit_on_sigterm()

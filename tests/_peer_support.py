@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -156,3 +157,27 @@ def blackhole() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()  # resets the pending connections, so waiting clients fail at once
+
+
+class CountingApp:
+    """The peer app, counting the HTTP requests that reach it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.requests += 1
+        return self.app(environ, start_response)
+
+
+@contextlib.contextmanager
+def serve_counted(
+    receiver: RecordingReceiver, secret: str | None
+) -> Iterator[tuple[CountingApp, str]]:
+    """``receiver``'s peer app on the embedded server, counting its requests; yields the app
+    and its URL, which becomes the receiver's own Raft id."""
+    app = CountingApp(peer_app(lambda: receiver, secret=secret))
+    with serve(app, embedded=True) as server:  # type: ignore[arg-type]
+        receiver._raft_id = f"http://127.0.0.1:{server.port}"
+        yield app, receiver._raft_id

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from _peer_support import (
     AnsweringReceiver,
+    CountingApp,
     RecordingReceiver,
     heartbeat,
     heartbeat_response,
     peer_app,
     serve,
+    serve_counted,
 )
 
 from catga_sync.errors import PeerAuthError
@@ -44,18 +46,6 @@ SECRET = "frames secret"
 ME = "http://127.0.0.1:5000"
 PATH = "/_catga/raft"
 WAIT = 10.0
-
-
-class CountingApp:
-    """The peer app, counting the HTTP requests that reach it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.requests = 0
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        self.requests += 1
-        return self.app(environ, start_response)
 
 
 def _reader(data: bytes) -> Any:
@@ -92,19 +82,11 @@ def test_a_frame_reads_back_as_it_was_written_and_a_bad_one_is_refused() -> None
         decode_answer({":status": "200"}, b"")
 
 
-@pytest.fixture(params=[None, SECRET], ids=["open", "signed"])
-def secret(request: pytest.FixtureRequest) -> str | None:
-    value: str | None = request.param
-    return value
-
-
 @pytest.fixture
 def embedded_peer(secret: str | None) -> Iterator[tuple[AnsweringReceiver, CountingApp, str]]:
     peer = AnsweringReceiver("placeholder")
-    app = CountingApp(peer_app(lambda: peer, secret=secret))
-    with serve(app, embedded=True) as server:  # type: ignore[arg-type]
-        peer._raft_id = f"http://127.0.0.1:{server.port}"
-        yield peer, app, peer._raft_id
+    with serve_counted(peer, secret) as (app, url):
+        yield peer, app, url
 
 
 def _transport(
@@ -335,7 +317,7 @@ def test_a_peer_that_never_answers_the_opening_gets_one_request_per_exchange(
 ) -> None:
     proxy = _HoldingProxy()
     ours = RecordingReceiver(ME)
-    caplog.set_level(logging.WARNING, logger="catga_sync.transport.http")
+    caplog.set_level(logging.WARNING, logger="catga_sync.transport")
     transport = HttpTransport(
         sender_id=ME,
         sender_name="me",

@@ -180,6 +180,7 @@ class NodeCalls:
                 url_prefix=self.config.url_prefix,
                 connect_timeout=self.timeouts.peer_request,
                 ssl_context=self.config.tls_client.context(),
+                frames=self.config.peer_frames,
             )
         return self._proposals
 

@@ -45,8 +45,8 @@ from ..raft import (
     VoteResponse,
 )
 from .base import PeerReceiver
-from .frames import HEADER_FRAMES
-from .http11 import FramesRefused, FramesUnanswered, PeerConnection
+from .framed_route import FramedRoute
+from .http11 import PeerConnection
 from .signing import peer_post_headers, verify_reply
 from .wire import (
     DEFAULT_MAX_BODY_BYTES,
@@ -69,9 +69,6 @@ RpcObserver = Callable[[str, float, bool], None]
 
 _BACKOFF_FIRST = 0.01
 """Seconds to wait after the first failure to a peer; doubled per failure, capped at the timeout."""
-
-FRAMES_RETRY = 600.0
-"""Seconds a peer whose opening of frames was never answered gets one request per exchange."""
 
 _SUPERSEDABLE = (Heartbeat, HeartbeatResponse, VoteRequest, VoteResponse, TimeoutNow)
 
@@ -209,11 +206,10 @@ class _PeerSender:
         self.last_error: str | None = None
         self.last_latency = 0.0
         self.warned_oversized = False
-        self.frames = "unknown"
-        """Frames (:mod:`.frames`) with this peer: ``unknown`` (one request per exchange, until
-        an answer offers them), ``offered``, ``working`` (an exchange went through) or ``off``
-        (an opening was never answered: a request per exchange for ``FRAMES_RETRY`` seconds)."""
-        self.frames_off_until = 0.0
+        self.frames = FramedRoute(
+            peer, self.path, enabled=owner.frames, opening_headers=self._opening_headers
+        )
+        """Whether this peer takes frames (:mod:`.framed_route`), and each batch sent so."""
         self.connections = [self._new_connection() for _ in range(owner.pipeline_depth)]
         self.threads = [
             threading.Thread(
@@ -273,7 +269,7 @@ class _PeerSender:
                 "reachable": self.reachable,
                 "last_error": self.last_error,
                 "last_latency": self.last_latency,
-                "frames": self.frames,
+                "frames": self.frames.state,
             }
 
     # ----------------------------------------------------------------------------------------
@@ -355,7 +351,7 @@ class _PeerSender:
             headers[HEADER_REPLY] = INLINE_REPLY
         started = time.monotonic()
         try:
-            status, answer, reply_headers = self._request(connection, body, headers)
+            status, answer, reply_headers = self.frames.request(connection, body, headers)
             if status == 200 and replies_to is not None:
                 self._take_replies(replies_to, answer, headers, reply_headers)
             elif status != 202:
@@ -411,57 +407,10 @@ class _PeerSender:
         if messages:
             receiver.receive(messages, None)
 
-    def _request(
-        self, connection: PeerConnection, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """POST ``body`` on a kept-alive connection (opened as needed); (status, answer,
-        the answer's headers)."""
-        if connection.is_open and connection.dropped():
-            connection.close()  # the peer closed it while idle (a restart, an idle timeout)
-        if self.frames in ("offered", "working"):
-            try:
-                answer = connection.exchange(self.path, body, headers, self._opening_headers())
-            except FramesRefused as refused:
-                if refused.status == 415:  # it no longer takes them (and will not offer them)
-                    logger.info("Peer %s refused frames (415)", self.peer)
-                    self.frames = "unknown"
-                else:  # something in between answered: do not try again at every batch
-                    self._frames_off(f"their opening was answered with {refused.status}")
-            except FramesUnanswered:
-                if self.frames == "offered":  # they never worked: a proxy that holds the body?
-                    self._frames_off(
-                        "their opening was not answered in time (a proxy in between that "
-                        "holds a request until its body ends?)"
-                    )
-                else:  # they did: learn again from the next answer (a downgraded peer)
-                    self.frames = "unknown"
-                raise
-            else:
-                self.frames = "working"
-                return answer
-        status, answer_body, answer_headers = connection.post(self.path, body, headers)
-        if answer_headers.get(HEADER_FRAMES) == "1" and self.owner.frames:
-            if self.frames == "unknown" or (
-                self.frames == "off" and time.monotonic() >= self.frames_off_until
-            ):
-                self.frames = "offered"
-        return status, answer_body, answer_headers
-
     def _opening_headers(self) -> dict[str, str]:
         owner = self.owner
         return peer_post_headers(
             owner.secret, self.path, b"", owner.sender_id, owner.sender_name, time.time()
-        )
-
-    def _frames_off(self, why: str) -> None:
-        self.frames = "off"
-        self.frames_off_until = time.monotonic() + FRAMES_RETRY
-        logger.warning(
-            "Peer %s offered frames, but %s; sending it one request per exchange for %.0f s. "
-            "If this repeats, set PeerFrames to false on this node.",
-            self.peer,
-            why,
-            FRAMES_RETRY,
         )
 
     def _oversized(self, size: int, count: int) -> None:

@@ -96,7 +96,13 @@ class PeerConnection:
         return status, answer, answer_headers
 
     def exchange(
-        self, path: str, body: bytes, headers: dict[str, str], open_headers: dict[str, str]
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        open_headers: dict[str, str],
+        *,
+        timeout: float | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
         """One exchange as a frame on an open framed ``POST path`` (opened with
         ``open_headers`` on first use): (status, body, headers), as :meth:`post` answers.
@@ -105,7 +111,7 @@ class PeerConnection:
             self._connect()
         sock, reader = self._sock, self._reader
         assert sock is not None and reader is not None
-        sock.settimeout(self.timeout)
+        sock.settimeout(self.timeout if timeout is None else timeout)
         frame = encode_frame(headers, body)
         chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
         try:

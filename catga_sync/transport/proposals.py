@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import CommitTimeoutError, ForwardingError, NoLeaderError, NotLeaderError
+from .framed_route import FramedRoute
 from .http11 import PeerConnection
 from .signing import peer_post_headers
 from .wire import PROTOCOL_VERSION, WireFormatError, seconds_within
@@ -84,7 +85,9 @@ def outcome_json(outcome: Any) -> dict[str, Any]:
 class ProposalClient:
     """Sends proposals to the leader over HTTP: one kept-alive connection per thread and
     leader (:mod:`catga_sync.transport.http11`; ``requests`` costs about a millisecond more of
-    CPU per POST, and this is every command a follower takes)."""
+    CPU per POST, and this is every command a follower takes). With ``frames``, a leader whose
+    answers offer them gets each thread's proposals as frames on one open POST
+    (:mod:`.framed_route`): a quarter of a Flask request's CPU on the leader, per command."""
 
     def __init__(
         self,
@@ -95,6 +98,7 @@ class ProposalClient:
         url_prefix: str,
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        frames: bool = True,
     ) -> None:
         self.sender_id = sender_id
         self.sender_name = sender_name
@@ -103,7 +107,10 @@ class ProposalClient:
         self.connect_timeout = connect_timeout
         self.ssl_context = ssl_context
         """Verifies an https leader and presents our certificate; None: the system's store."""
+        self.frames = frames
         self._local = threading.local()
+        self._routes: dict[str, FramedRoute] = {}
+        self._routes_lock = threading.Lock()
 
     def forward(
         self, leader: str, data: bytes, timeout: float
@@ -172,7 +179,25 @@ class ProposalClient:
                 ssl_context=self.ssl_context,
             )
             connections[leader] = connection
-        elif connection.is_open and connection.dropped():
-            connection.close()
-        status, raw, _headers = connection.post(path, body, headers, timeout=timeout)
+        status, raw, _headers = self._route(leader, path).request(
+            connection, body, headers, timeout=timeout
+        )
         return status, raw
+
+    def _route(self, leader: str, path: str) -> FramedRoute:
+        """The leader's proposal route, shared by the threads: what one learns of its frames
+        holds for all."""
+        route = self._routes.get(leader)
+        if route is None:
+            with self._routes_lock:
+                route = self._routes.get(leader)
+                if route is None:
+                    route = self._routes[leader] = FramedRoute(
+                        leader,
+                        path,
+                        enabled=self.frames,
+                        opening_headers=lambda: peer_post_headers(
+                            self.secret, path, b"", self.sender_id, self.sender_name, time.time()
+                        ),
+                    )
+        return route

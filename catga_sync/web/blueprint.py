@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
@@ -52,7 +52,7 @@ from ..transport.wire import (
     normalize_url_prefix,
 )
 from .admin import AdminNode, register_admin_routes
-from .peer_frames import PeerHeaders, frames_offered, open_frames
+from .peer_frames import Exchange, PeerHeaders, frames_offered, open_frames
 
 logger = logging.getLogger(__name__)
 
@@ -254,19 +254,10 @@ def create_peer_blueprint(
         # Built by hand: jsonify costs a tenth of a peer POST, and this is every heartbeat.
         return 202, {"Content-Type": "application/json"}, b'{"accepted":%d}' % len(messages)
 
-    @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
-    def raft() -> tuple[Response, int]:
-        if request.mimetype == FRAMES_CONTENT_TYPE and request.method == "POST":
-            return open_frames(gate, exchange, _signed_path()), 200
-        body, sender = gate.body()
-        status, headers, answer = exchange(request.headers, body, _signed_path(), sender)
-        if frames_offered():
-            headers[HEADER_FRAMES] = "1"
-        return Response(answer, status, headers), status
-
-    @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
-    def propose() -> tuple[Response, int]:
-        body, _ = gate.body()
+    def propose_exchange(
+        headers: PeerHeaders, body: bytes, path: str, sender: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Propose one checked request's (or frame's) entry and wait for its outcome."""
         receiver = receiver_or_503()
         data, timeout = decode_proposal(body)
         if not isinstance(receiver, ProposalReceiver):
@@ -274,14 +265,31 @@ def create_peer_blueprint(
         try:
             index, term, outcome = receiver.propose_forwarded(data, timeout=timeout)
         except NotLeaderError as exc:
-            return jsonify(
-                error="not_leader", message=str(exc), leader=exc.leader_endpoint or exc.leader_id
-            ), 409
+            leader = exc.leader_endpoint or exc.leader_id
+            return _json(409, error="not_leader", message=str(exc), leader=leader)
         except CommitTimeoutError as exc:
-            return jsonify(error="commit_timeout", message=str(exc)), 504
+            return _json(504, error="commit_timeout", message=str(exc))
         except ProposalDroppedError as exc:
-            return jsonify(error="proposal_dropped", message=str(exc)), 409
-        return jsonify(index=index, term=term, outcome=outcome_json(outcome)), 200
+            return _json(409, error="proposal_dropped", message=str(exc))
+        return _json(200, index=index, term=term, outcome=outcome_json(outcome))
+
+    def framed_or_one(deliver: Exchange) -> tuple[Response, int]:
+        """A framed POST's stream of answers, or the answer to one request."""
+        if request.mimetype == FRAMES_CONTENT_TYPE and request.method == "POST":
+            return open_frames(gate, deliver, _signed_path()), 200
+        body, sender = gate.body()
+        status, headers, answer = deliver(request.headers, body, _signed_path(), sender)
+        if frames_offered():
+            headers[HEADER_FRAMES] = "1"
+        return Response(answer, status, headers), status
+
+    @bp.route(RAFT_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def raft() -> tuple[Response, int]:
+        return framed_or_one(exchange)
+
+    @bp.route(PROPOSE_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
+    def propose() -> tuple[Response, int]:
+        return framed_or_one(propose_exchange)
 
     @bp.route(INFO_PATH, methods=_ALL_METHODS, provide_automatic_options=False)
     def raft_info() -> tuple[Response, int]:
@@ -294,6 +302,12 @@ def create_peer_blueprint(
         register_admin_routes(bp, gate.body, admin)
     gate.install_error_handlers(bp)
     return bp
+
+
+def _json(status: int, **fields: object) -> tuple[int, dict[str, str], bytes]:
+    # The app's JSON provider, as jsonify: an outcome may hold dates, decimals, dataclasses.
+    body = current_app.json.dumps(fields).encode()
+    return status, {"Content-Type": "application/json"}, body
 
 
 def _method_not_allowed(allowed: str) -> NoReturn:
