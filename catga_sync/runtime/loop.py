@@ -1,8 +1,8 @@
 """The Raft loop: one thread that owns the :class:`~catga_sync.raft.RaftCore` and drives it.
 
 Everything else (peer RPC handlers, the pacemaker job, callers of ``propose``) talks to the
-loop through its inbox. For every batch of work the loop does, in this order and only this
-order:
+loop through its inbox (:mod:`.inbox`). For every batch of work the loop does, in this order
+and only this order:
 
     **persist** the hard state and entries, **then send** the messages,
     **then apply** committed entries, **then advance** the core.
@@ -32,13 +32,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CatgaError, ProposalDroppedError, StorageError
 from ..raft import Entry, EntryType, HardState, Membership, Message, RaftCore, Ready
 from ..storage.base import Storage
 from .eventlog import EventLog, message_log
+from .inbox import STOP, TICK, Call, Inbox, Proposal
 from .outbox import Outbox, ReplySlot
 from .persister import Persister
 from .snapshots import background_snapshots, compact_from_child
@@ -47,10 +48,6 @@ from .status import NodeStats, count_events
 __all__ = ["TICK", "Call", "Proposal", "RaftLoop"]
 
 log = logging.getLogger("catga_sync.node")
-
-TICK = object()
-"""A wake-up: the loop runs whatever ticks are due after each batch."""
-STOP = object()
 
 
 @dataclass(slots=True)
@@ -64,25 +61,6 @@ class _Waiter:
 class _ReadWaiter:
     future: Future[int]
     index: int = -1
-
-
-@dataclass
-class Call:
-    """Run ``fn(core)`` on the loop, between two batches."""
-
-    fn: Callable[[RaftCore], Any]
-    future: Future[Any] = field(default_factory=Future)
-
-
-@dataclass
-class Proposal:
-    """A command for the log; the loop appends all it drains in one go (``propose_many``). The
-    future gets ``(index, term, result)`` once the entry is applied: set once, so that the
-    proposer wakes once (a wake-up at the append too cost 16 proposers a GIL hand-off each)."""
-
-    data: bytes
-    future: Future[tuple[int, int, Any]] = field(default_factory=Future)
-    created: float = field(default_factory=time.monotonic)
 
 
 class RaftLoop:
@@ -130,7 +108,7 @@ class RaftLoop:
         self._published = published
         self._events = EventLog(node_id, name_of)
         self._commit_published = -1
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox = Inbox()
         self._waiters: dict[int, _Waiter] = {}
         self._drained: list[Proposal] = []
         self._reads: dict[str, _ReadWaiter] = {}
@@ -198,6 +176,11 @@ class RaftLoop:
         """Queue a peer message, a :class:`Call`, a :class:`Proposal`, a reply slot or TICK."""
         self._inbox.put(event)
 
+    def put_message(self, message: Message) -> None:
+        """Queue a peer message; a plain heartbeat's answer waits for the next wake-up
+        (:mod:`.inbox`)."""
+        self._inbox.put_message(message, self.core)
+
     def nudge(self) -> None:
         """The pacemaker's run: wake the loop only if it overslept its planned wake-up (on time,
         the run would be one more wake-up for nothing: a tenth of an idle leader's CPU)."""
@@ -261,6 +244,8 @@ class RaftLoop:
                 event = TICK
             if event is STOP:
                 return
+            for message in inbox.take_unhurried():  # before any tick: check-quorum counts them
+                self._step(core, message)
             self._tick(core, quiet=True)
             self._handle(core, event)
             # Drain what else arrived, so one Ready (one transaction) covers the batch.

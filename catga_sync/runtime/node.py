@@ -391,7 +391,7 @@ class RaftNode(NodeCalls, NodeMembership, NodeBackup, LocalClientMode):
         if sender_name:
             self._names.setdefault(messages[0].frm, sender_name)
         for message in messages:
-            loop.put(message)
+            loop.put_message(message)
 
     def receive_and_reply(
         self,
