@@ -85,8 +85,9 @@ BACKGROUND_SNAPSHOT_ENV = "CATGA_BENCH_BACKGROUND_SNAPSHOT_AFTER"
 default's."""
 
 PIPELINE_DEPTH_ENV = "CATGA_BENCH_PIPELINE_DEPTH"
-PEER_FRAMES_ENV = "CATGA_BENCH_PEER_FRAMES"
 """The benchmarks' ``--pipeline-depth``, handed to the node processes they start."""
+PEER_FRAMES_ENV = "CATGA_BENCH_PEER_FRAMES"
+"""The benchmarks' ``--no-peer-frames`` (``0``), handed to the node processes they start."""
 
 
 def add_transport_options(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ the exchange goes on after each. Without the offer, or with frames off, one requ
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -35,11 +36,13 @@ class LeadingReceiver(RecordingReceiver):
         super().__init__(raft_id)
         self.proposals: list[bytes] = []
         self.leads = True
+        self.commit_seconds = 0.0
         self._lock = threading.Lock()
 
     def propose_forwarded(
         self, data: bytes, *, timeout: float | None = None
     ) -> tuple[int, int, Any]:
+        time.sleep(self.commit_seconds)
         if not self.leads:
             raise NotLeaderError("http://127.0.0.1:5999", "http://127.0.0.1:5999")
         with self._lock:
@@ -103,6 +106,7 @@ def test_threads_propose_each_on_its_own_exchange_and_get_their_own_answers(
     for thread in threads:
         thread.join(30)
     assert errors == []
+    assert sorted(answers) == [0, 1, 2, 3]  # every thread finished
     assert app.requests == 1 + 4  # one framed request per thread
     for thread, got in answers.items():
         assert [echo for _, echo in got] == [f"t{thread}-{k}" for k in range(20)]
@@ -135,11 +139,14 @@ def test_a_bad_proposal_frame_gets_a_400_and_nothing_is_proposed(
     connection = PeerConnection("127.0.0.1", port, https=False, timeout=5.0)
     opening = peer_post_headers(secret, PATH, b"", ME, "me", time.time())
     try:
-        for body in (b"not json", b'{"protocol": 1, "data": "", "timeout": 1}'):
+        for body, error in (
+            (b"not json", "malformed_json"),
+            (b'{"protocol": 1, "data": "", "timeout": 1}', "invalid_proposal"),
+        ):
             headers = peer_post_headers(secret, PATH, body, ME, "me", time.time())
             status, answer, _ = connection.exchange(PATH, body, headers, opening)
             assert status == 400, answer
-            assert json.loads(answer)["error"] in ("malformed_json", "invalid_proposal")
+            assert json.loads(answer)["error"] == error
     finally:
         connection.close()
     assert receiver.proposals == []
@@ -157,3 +164,54 @@ def test_without_frames_every_proposal_is_a_request_of_its_own(embedded: bool) -
             assert client.forward(leader_id, b"c%d" % k, 5.0)[0] == k + 1
     assert app.requests == 4
     assert client._route(leader_id, PATH).state == "unknown"
+
+
+def test_a_slow_first_commit_does_not_turn_frames_off(
+    leader: tuple[LeadingReceiver, CountingApp, str], secret: str | None
+) -> None:
+    """The leader sends the head as it takes the opening: a first framed proposal that takes
+    longer than the client's connect timeout to commit still finds frames working."""
+    receiver, app, leader_id = leader
+    client = _client(secret)
+    client.connect_timeout = 0.3
+    client.forward(leader_id, b"one", 5.0)
+    receiver.commit_seconds = 0.8
+    assert client.forward(leader_id, b"two", 5.0)[0] == 2
+    assert client._route(leader_id, PATH).state == "working"
+    assert app.requests == 2
+
+
+def test_frames_open_on_a_connection_stay_open_whatever_another_thread_learnt(
+    leader: tuple[LeadingReceiver, CountingApp, str], secret: str | None
+) -> None:
+    """A request on a connection with frames open would be read as a frame: once another
+    thread turned the route's frames off, this one's exchange still goes on as frames."""
+    receiver, app, leader_id = leader
+    client = _client(secret)
+    client.forward(leader_id, b"one", 5.0)
+    client.forward(leader_id, b"two", 5.0)  # frames open on this thread's connection
+    route = client._route(leader_id, PATH)
+    route._off("another thread's opening was refused (the test)")
+    assert client.forward(leader_id, b"three", 5.0)[0] == 3
+    assert route.state == "off"  # what the other thread learnt holds for new connections
+    assert app.requests == 2
+    assert receiver.proposals == [b"one", b"two", b"three"]
+
+
+def test_a_frame_over_the_body_limit_gets_a_413_and_ends_the_exchange() -> None:
+    receiver = LeadingReceiver("placeholder")
+    app = peer_app(lambda: receiver, secret=None, max_body_bytes=1024)
+    with serve(app, embedded=True) as server:
+        connection = PeerConnection("127.0.0.1", server.port, https=False, timeout=5.0)
+        opening = peer_post_headers(None, PATH, b"", ME, "me", time.time())
+        body = json.dumps({"protocol": 1, "data": "x" * 2000, "timeout": 1}).encode()
+        headers = peer_post_headers(None, PATH, body, ME, "me", time.time())
+        try:
+            status, answer, _ = connection.exchange(PATH, body, headers, opening)
+            assert status == 413, answer
+            assert json.loads(answer)["error"] == "payload_too_large"
+            with pytest.raises(http.client.HTTPException):  # the peer ended the exchange
+                connection.exchange(PATH, b"{}", headers, opening)
+        finally:
+            connection.close()
+    assert receiver.proposals == []

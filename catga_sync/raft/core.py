@@ -903,6 +903,25 @@ class RaftCore:
         if m.frm == self.lead_transferee and progress.match == self.log.last_index:
             self._send(TimeoutNow(self.term, self.id, m.frm), early=True)
 
+    def heartbeat_answer_can_wait(self, m: Message) -> bool:
+        """Whether ``m`` answers a plain heartbeat of this leader's term from a follower whose
+        progress is as it should be (replicating, up to date, not paused, not taking over):
+        stepping it then only marks the follower active for check-quorum, so a driver may
+        step it at its next wake-up instead of waking for it. It only reads, so another
+        thread may ask; what a read that raced the driver lets wait is stepped a heartbeat
+        later at most."""
+        if self.role is not Role.LEADER or type(m) is not HeartbeatResponse:
+            return False
+        if m.term != self.term or m.context or m.frm == self.lead_transferee:
+            return False
+        progress = self.progress.get(m.frm)
+        return (
+            progress is not None
+            and progress.state is ProgressState.REPLICATE
+            and progress.match == self.log.last_index
+            and not progress.is_paused()
+        )
+
     def _handle_heartbeat_response(self, m: HeartbeatResponse, progress: Progress) -> None:
         progress.probe_sent = False
         if progress.state is ProgressState.REPLICATE and progress.is_paused():

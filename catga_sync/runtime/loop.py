@@ -260,6 +260,8 @@ class RaftLoop:
                     self._persister.write_commit(stopping=True)
                     return
                 self._handle(core, event)
+            for message in inbox.take_unhurried():  # those that came during the batch
+                self._step(core, message)
             self._append_proposals(core)
             self._tick(core)
             self._process_ready(core)

@@ -5,9 +5,12 @@ follower forwards (``POST {url_prefix}/propose``, :mod:`.proposals`). A route st
 ``unknown``: one request per exchange. An answer with ``X-Catga-Frames: 1`` makes it
 ``offered``, and the next exchange opens a framed ``POST`` (:mod:`.frames`); once an exchange
 went through it is ``working``. A peer that answers the opening with 415 no longer takes them
-(``unknown`` again); anything else in between — another status, an opening never answered —
-turns them ``off`` for ``FRAMES_RETRY`` seconds, with a warning, so a proxy that cannot stream
-both ways is not tried again at every exchange.
+(``unknown`` again); anything else in between — another status, or, while they never worked,
+an opening not answered in time — turns them ``off`` for ``FRAMES_RETRY`` seconds, with a
+warning, so a proxy that cannot stream both ways is not tried again at every exchange. Once
+they worked, an unanswered opening sets them back to ``unknown`` (a peer downgraded to a
+version without them). The state is the route's, shared by the threads; each connection
+that has frames open keeps them until it closes.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ class FramedRoute:
         nothing. Errors are those of :meth:`PeerConnection.post`."""
         if connection.is_open and connection.dropped():
             connection.close()  # the peer closed it while idle (a restart, an idle timeout)
-        if self._state in ("offered", "working"):
+        # A connection with frames open goes on with them whatever another thread learnt
+        # meanwhile: a request there would be read as a frame.
+        if connection.framed or self._state in ("offered", "working"):
             try:
                 answer = connection.exchange(
                     self.path, body, headers, self._opening_headers(), timeout=timeout
@@ -88,7 +93,9 @@ class FramedRoute:
                     self._set("unknown")
                 raise
             else:
-                self._set("working")
+                with self._lock:
+                    if self._state == "offered":  # not over another thread's "off"
+                        self._state = "working"
                 return answer
         status, answer_body, answer_headers = connection.post(
             self.path, body, headers, timeout=timeout

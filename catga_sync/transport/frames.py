@@ -55,6 +55,11 @@ class FrameError(CatgaError):
     JSON object of strings. The exchange cannot go on after one."""
 
 
+class FrameTooLarge(FrameError):
+    """A frame whose body exceeds the receiver's limit: answered with a 413, then the exchange
+    ends (the rest of that body is not read)."""
+
+
 def encode_frame(meta: dict[str, Any], body: bytes) -> bytes:
     encoded = json.dumps(meta, separators=(",", ":")).encode()
     return _HEAD.pack(len(encoded), len(body)) + encoded + body
@@ -75,7 +80,7 @@ def read_frame(read: Callable[[int], bytes], max_body: int) -> tuple[dict[str, s
     if meta_size > MAX_META_BYTES:
         raise FrameError(f"a frame's meta of {meta_size} bytes exceeds {MAX_META_BYTES}")
     if body_size > max_body:
-        raise FrameError(f"a frame's body of {body_size} bytes exceeds the limit of {max_body}")
+        raise FrameTooLarge(f"a frame's body of {body_size} bytes exceeds the limit of {max_body}")
     raw = _read_exactly(read, meta_size + body_size)
     assert raw is not None
     try:

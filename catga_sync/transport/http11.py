@@ -60,6 +60,11 @@ class PeerConnection:
     def is_open(self) -> bool:
         return self._sock is not None
 
+    @property
+    def framed(self) -> bool:
+        """Whether a framed ``POST`` is open on it: its next exchange must be a frame."""
+        return self._framed
+
     def dropped(self) -> bool:
         """True when the idle connection was closed by the peer (it reads as ready)."""
         sock = self._sock
@@ -130,10 +135,14 @@ class PeerConnection:
                     b"Transfer-Encoding: chunked",
                 ]
                 sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + chunk)
+                # A peer sends the head as it takes the opening, before it answers the first
+                # frame: wait for it no longer than for any answer, whatever that frame waits.
+                sock.settimeout(self.timeout)
                 try:
                     status, answer_headers, _ = _read_head(reader)
                 except TimeoutError as exc:
                     raise FramesUnanswered(str(exc) or "timed out") from None
+                sock.settimeout(self.timeout if timeout is None else timeout)
                 content_type = answer_headers.get("Content-Type", "").split(";", 1)[0].strip()
                 # Frames are read raw until the close: an answer re-chunked or sized by a
                 # proxy in between is refused rather than misread.

@@ -173,7 +173,7 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
             result: Iterable[bytes] = self.server.app(environ, start_response)
             try:
                 for chunk in result:
-                    if chunk:
+                    if chunk or not sent:  # an empty first chunk: the head, now (a stream)
                         write(chunk)
                 if not sent:
                     write(b"")

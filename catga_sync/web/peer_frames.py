@@ -11,8 +11,10 @@ exchange.
 The opening request is signed over an empty body (with a cluster secret) or names its sender
 (without one); then every frame is checked as a request would be — its signature, the replay
 window, its size, its sender and addressing — and answered in order with what that request
-would have got, a refusal included (the stream goes on). A frame that cannot be read ends the
-exchange.
+would have got, a refusal included (the stream goes on). A frame whose body is over the
+limit is answered with the request's 413, and a frame that cannot be read is logged; either
+ends the exchange. The answer's head goes out as soon as the opening is taken, so a sender
+learns at once that frames work, however long the first exchange takes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from typing import NoReturn, Protocol
 
 from flask import Response, request, stream_with_context
 from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..transport.frames import (
     FRAMES_CONTENT_TYPE,
     FRAMES_ENVIRON_KEY,
     FrameError,
+    FrameTooLarge,
     encode_answer,
     read_frame,
 )
@@ -81,9 +85,13 @@ def open_frames(gate: Gate, exchange: Exchange, path: str) -> Response:
     max_body = gate.max_body_bytes
 
     def answers() -> Iterator[bytes]:
+        yield b""  # the head goes out now: the sender need not wait for the first answer
         while True:
             try:
                 frame = read_frame(stream.read, max_body)
+            except FrameTooLarge:
+                yield encode_answer(*gate.refusal(RequestEntityTooLarge()))
+                return  # the rest of its body is not read: the exchange cannot go on
             except FrameError as exc:
                 gate.rejections.log(400, "bad_frame", f"{exc}; the exchange was ended")
                 return
