@@ -15,6 +15,7 @@ import pytest
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from etcd_cluster import Member, b64, member_command, members_on
+from memory import _package
 from report import Comparison, command_line, growth, ratio_block, ratio_line
 
 
@@ -85,3 +86,18 @@ def test_the_command_line_is_the_one_to_type_again() -> None:
 def test_growth_is_each_figure_over_the_first() -> None:
     assert growth([2.0, 2.5, 4.2]) == "1.00x / 1.25x / 2.10x"
     assert growth([0.0, 1.0]) == "n/a / n/a"
+
+
+@pytest.mark.parametrize(
+    ("filename", "package"),
+    [
+        ("/v/lib/python3.11/site-packages/sqlalchemy/sql/base.py", "sqlalchemy"),
+        ("/v/lib/python3.11/site-packages/typing_extensions.py", "typing_extensions"),
+        ("/work/main/catga_sync/raft/core.py", "catga_sync"),
+        ("/work/main/example_flask/orders.py", "example_flask"),
+        ("<frozen importlib._bootstrap_external>", "code and modules of every import"),
+        ("/usr/lib/python3.11/json/decoder.py", "stdlib"),
+    ],
+)
+def test_memory_puts_each_allocation_under_its_package(filename: str, package: str) -> None:
+    assert _package(filename) == package
