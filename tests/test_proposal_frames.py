@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from _peer_support import CountingApp, RecordingReceiver, peer_app, serve, serve_counted
 
-from catga_sync.errors import NotLeaderError
+from catga_sync.errors import CommitTimeoutError, NotLeaderError
 from catga_sync.transport.http11 import PeerConnection
 from catga_sync.transport.proposals import PROPOSE_PATH, ProposalClient
 from catga_sync.transport.signing import peer_post_headers
@@ -37,12 +37,15 @@ class LeadingReceiver(RecordingReceiver):
         self.proposals: list[bytes] = []
         self.leads = True
         self.commit_seconds = 0.0
+        self.fail_with: Exception | None = None
         self._lock = threading.Lock()
 
     def propose_forwarded(
         self, data: bytes, *, timeout: float | None = None
     ) -> tuple[int, int, Any]:
         time.sleep(self.commit_seconds)
+        if self.fail_with is not None:
+            raise self.fail_with
         if not self.leads:
             raise NotLeaderError("http://127.0.0.1:5999", "http://127.0.0.1:5999")
         with self._lock:
@@ -129,6 +132,21 @@ def test_a_refusal_in_a_frame_is_raised_and_the_exchange_goes_on(
     assert client.forward(leader_id, b"four", 5.0)[0] == 3
     assert app.requests == 2
     assert receiver.proposals == [b"one", b"two", b"four"]
+
+
+def test_a_commit_timeout_in_a_frame_is_a_504_and_the_exchange_goes_on(
+    leader: tuple[LeadingReceiver, CountingApp, str], secret: str | None
+) -> None:
+    receiver, app, leader_id = leader
+    client = _client(secret)
+    client.forward(leader_id, b"one", 5.0)
+    client.forward(leader_id, b"two", 5.0)  # framed
+    receiver.fail_with = CommitTimeoutError("not applied within 1.00s (the test)")
+    with pytest.raises(CommitTimeoutError, match="the test"):
+        client.forward(leader_id, b"three", 5.0)
+    receiver.fail_with = None
+    assert client.forward(leader_id, b"four", 5.0)[0] == 3
+    assert app.requests == 2
 
 
 def test_a_bad_proposal_frame_gets_a_400_and_nothing_is_proposed(
