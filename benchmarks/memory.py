@@ -9,10 +9,14 @@ orders:
   the app built and the node started, and once it has served 200 ``POST /orders``
   (``requests`` and ``sqlalchemy.orm`` are not imported by a node: a node loads them only
   where it needs them);
-- the second runs with :mod:`tracemalloc` from its first line and groups what is still
-  allocated at the end by package: what Python itself holds (code objects, modules, dicts),
-  against an RSS that also counts the shared libraries' pages (libpython, SQLite, OpenSSL)
-  and the allocators' free lists.
+- the second runs with :mod:`tracemalloc` from before the node's imports and charges what is
+  still allocated at the end to the innermost frame of its traceback in a package (the
+  module whose import, class or function built it, or which imported the standard-library
+  module that did): what Python itself holds, against an RSS that also counts the shared
+  libraries' pages (libpython, SQLite, OpenSSL) and the allocators' free lists.
+
+The step figures depend on the order: each step counts what it imports first, standard
+library modules included (SQLAlchemy's step holds ``asyncio``, for one).
 
     python benchmarks/memory.py
 
@@ -23,11 +27,11 @@ and their connections, and the peers' queues.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (
@@ -38,6 +42,9 @@ STEPS = (
     ("example app", "import example_flask, example_flask.__main__"),
 )
 ORDERS = 200
+FRAMES = 16
+"""Frames kept per allocation: enough to reach, from the import machinery, the module that
+imported (an import nests a handful of frames per level)."""
 
 
 def rss_mib() -> float:
@@ -76,7 +83,7 @@ def run_node(state: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("the node did not lead within 30 s")
         time.sleep(0.05)
-    print(json.dumps({"step": "node started", "rss": rss_mib()}), flush=True)
+    print(json.dumps({"step": "node started", "rss": rss_mib(), "modules": len(sys.modules)}))
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     body = json.dumps({"customer": "memory", "amount": 1}).encode()
     for _ in range(ORDERS):
@@ -86,48 +93,67 @@ def run_node(state: str) -> None:
         if response.status != 201:
             raise SystemExit(f"POST /orders answered {response.status}")
     time.sleep(1)
-    step = f"{ORDERS} orders served ({len(sys.modules)} modules)"
-    print(json.dumps({"step": step, "rss": rss_mib()}), flush=True)
+    step = f"{ORDERS} orders served"
+    print(json.dumps({"step": step, "rss": rss_mib(), "modules": len(sys.modules)}))
 
 
 def child_steps(state: str) -> None:
-    print(json.dumps({"step": "interpreter", "rss": rss_mib()}), flush=True)
+    def step(name: str) -> None:
+        print(json.dumps({"step": name, "rss": rss_mib(), "modules": len(sys.modules)}))
+
+    step("interpreter")
     for name, statement in STEPS:
         exec(statement, {})
-        print(json.dumps({"step": name, "rss": rss_mib()}), flush=True)
+        step(name)
     run_node(state)
 
 
 def child_traced(state: str) -> None:
     import tracemalloc
 
-    tracemalloc.start(1)
+    tracemalloc.start(FRAMES)
     run_node(state)
     snapshot = tracemalloc.take_snapshot()
     by_package: dict[str, int] = {}
-    for stat in snapshot.statistics("filename"):
-        by_package[_package(stat.traceback[0].filename)] = (
-            by_package.get(_package(stat.traceback[0].filename), 0) + stat.size
-        )
+    for stat in snapshot.statistics("traceback"):
+        owner = _owner(stat.traceback)
+        by_package[owner] = by_package.get(owner, 0) + stat.size
     total = sum(by_package.values())
     print(json.dumps({"traced": total, "by_package": by_package, "rss": rss_mib()}), flush=True)
 
 
+def _owner(traceback: Sequence[Any]) -> str:
+    """Who an allocation is charged to: the innermost frame of its traceback in a package or
+    the example (a module's code, the classes and functions its body builds, what the
+    standard library did for it, an import it made), else the standard library."""
+    for frame in reversed(traceback):  # tracemalloc lists the oldest frame first
+        package = _package(frame.filename)
+        if package not in ("stdlib", "<frozen or generated>"):
+            return package
+    return "stdlib"
+
+
 def _package(filename: str) -> str:
-    """``catga_sync``, ``sqlalchemy``, ..., ``stdlib``, or the imports' code for a file name."""
-    path = Path(filename)
-    parts = path.parts
-    if "site-packages" in parts:
-        return parts[parts.index("site-packages") + 1].split(".")[0]
+    """``catga_sync``, ``sqlalchemy``, ..., ``stdlib`` or ``<frozen or generated>`` for a file
+    name; this script is ``memory.py``."""
+    parts = Path(filename).parts
+    for site in ("site-packages", "dist-packages"):
+        if site in parts:
+            return parts[parts.index(site) + 1].split(".")[0]
     for top in ("catga_sync", "example_flask"):
         if top in parts:
             return top
     if filename.startswith("<"):
-        return "code and modules of every import"  # unmarshalled by <frozen importlib>
+        return "<frozen or generated>"
+    if Path(filename).name == "memory.py":
+        return "memory.py"
     return "stdlib"
 
 
 def run_child(mode: str) -> list[dict[str, object]]:
+    import subprocess
+    import tempfile
+
     with tempfile.TemporaryDirectory() as state:
         out = subprocess.run(
             [sys.executable, __file__, mode, state],
@@ -135,7 +161,7 @@ def run_child(mode: str) -> list[dict[str, object]]:
             capture_output=True,
             text=True,
             check=False,
-            timeout=120,
+            timeout=600,
         )
     if out.returncode != 0:
         raise SystemExit(f"the {mode} child failed:\n{out.stderr[-2000:]}")
@@ -150,16 +176,19 @@ def main() -> None:
     print(command_line())
     steps = run_child("--steps")
     previous = 0.0
-    print("RSS after each step (MiB), and what the step added:")
+    print("RSS after each step (MiB), what the step added, and the modules then loaded")
+    print("(each step counts what it imports first, the standard library's modules included):")
     for step in steps:
         rss = float(step["rss"])  # type: ignore[arg-type]
-        print(f"  {step['step']:<34} {rss:6.1f}  +{rss - previous:5.1f}")
+        modules = step["modules"]
+        print(f"  {step['step']:<22} {rss:6.1f}  +{rss - previous:5.1f}  {modules:>4} modules")
         previous = rss
     traced = run_child("--traced")[-1]
     total = int(traced["traced"])  # type: ignore[call-overload]
     print(
         f"allocated by Python and still held at the end (tracemalloc): {total / 2**20:.1f} MiB "
-        f"of an RSS of {float(traced['rss']):.1f} MiB with tracemalloc on; by package:"  # type: ignore[arg-type]
+        f"of an RSS of {float(traced['rss']):.1f} MiB with tracemalloc on; by the package whose "  # type: ignore[arg-type]
+        "code allocated it or imported what did:"
     )
     packages = sorted(traced["by_package"].items(), key=lambda kv: -kv[1])  # type: ignore[attr-defined]
     for name, size in packages[:12]:

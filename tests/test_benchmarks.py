@@ -95,7 +95,8 @@ def test_growth_is_each_figure_over_the_first() -> None:
         ("/v/lib/python3.11/site-packages/typing_extensions.py", "typing_extensions"),
         ("/work/main/catga_sync/raft/core.py", "catga_sync"),
         ("/work/main/example_flask/orders.py", "example_flask"),
-        ("<frozen importlib._bootstrap_external>", "code and modules of every import"),
+        ("<frozen importlib._bootstrap_external>", "<frozen or generated>"),
+        ("/usr/lib/python3/dist-packages/yaml/__init__.py", "yaml"),
         ("/usr/lib/python3.11/json/decoder.py", "stdlib"),
     ],
 )

@@ -45,6 +45,9 @@ HEADER_FRAMES = "X-Catga-Frames"
 FRAMES_ENVIRON_KEY = "catga.frames"
 """Set in the WSGI environ by a server that streams a request and its answer both ways at once
 (the node's embedded server); without it, a peer never offers frames."""
+HEAD_AT_ONCE_KEY = "catga.head_at_once"
+"""Set in the WSGI environ by a streaming view whose first, empty chunk must send the answer's
+head at once (the embedded server otherwise waits for a chunk with bytes, as PEP 3333 asks)."""
 MAX_META_BYTES = 64 << 10
 
 _HEAD = struct.Struct(">II")

@@ -23,6 +23,9 @@ from .frames import FRAMES_CONTENT_TYPE, FrameError, decode_answer, encode_frame
 
 __all__ = ["FramesRefused", "FramesUnanswered", "PeerConnection"]
 
+HEAD_WAIT_MIN = 1.0
+"""Seconds an opening of frames waits for its head at least."""
+
 MAX_ANSWER_FRAME_BYTES = 256 << 20
 _FRAMING_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "host"})
 
@@ -136,8 +139,10 @@ class PeerConnection:
                 ]
                 sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + chunk)
                 # A peer sends the head as it takes the opening, before it answers the first
-                # frame: wait for it no longer than for any answer, whatever that frame waits.
-                sock.settimeout(self.timeout)
+                # frame: wait for it as for any answer (a second at least: a busy peer is not a
+                # proxy that holds bodies), not as long as that frame may wait.
+                head_wait = max(self.timeout, HEAD_WAIT_MIN)
+                sock.settimeout(head_wait if timeout is None else min(timeout, head_wait))
                 try:
                     status, answer_headers, _ = _read_head(reader)
                 except TimeoutError as exc:

@@ -31,7 +31,7 @@ from typing import Any
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-from ..transport.frames import FRAMES_ENVIRON_KEY
+from ..transport.frames import FRAMES_ENVIRON_KEY, HEAD_AT_ONCE_KEY
 
 log = logging.getLogger("catga_sync.web")
 _access_log = logging.getLogger("werkzeug")
@@ -172,8 +172,11 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
         try:
             result: Iterable[bytes] = self.server.app(environ, start_response)
             try:
+                head_at_once = bool(environ.get(HEAD_AT_ONCE_KEY))
                 for chunk in result:
-                    if chunk or not sent:  # an empty first chunk: the head, now (a stream)
+                    # An empty chunk sends nothing, but a stream that asked for its head at
+                    # once (peer frames) gets it with its first one.
+                    if chunk or (head_at_once and not sent and response):
                         write(chunk)
                 if not sent:
                     write(b"")

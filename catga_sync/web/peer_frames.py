@@ -29,6 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..transport.frames import (
     FRAMES_CONTENT_TYPE,
     FRAMES_ENVIRON_KEY,
+    HEAD_AT_ONCE_KEY,
     FrameError,
     FrameTooLarge,
     encode_answer,
@@ -82,6 +83,7 @@ def open_frames(gate: Gate, exchange: Exchange, path: str) -> Response:
         )
     gate.sender(request.headers, "POST", path, b"")
     stream = request.environ["wsgi.input"]
+    request.environ[HEAD_AT_ONCE_KEY] = True  # with the empty first chunk below
     max_body = gate.max_body_bytes
 
     def answers() -> Iterator[bytes]:
