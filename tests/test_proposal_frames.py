@@ -29,13 +29,13 @@ PATH = f"/_catga{PROPOSE_PATH}"
 
 
 class LeadingReceiver(RecordingReceiver):
-    """A leader that appends each proposal at the next index; ``leads`` False: it refuses,
-    naming another leader, as a node that lost its leadership would."""
+    """A leader that appends each proposal at the next index, after ``commit_seconds``; with
+    ``fail_with`` set it raises that instead (a refusal, as a node that lost its leadership
+    or timed out would)."""
 
     def __init__(self, raft_id: str) -> None:
         super().__init__(raft_id)
         self.proposals: list[bytes] = []
-        self.leads = True
         self.commit_seconds = 0.0
         self.fail_with: Exception | None = None
         self._lock = threading.Lock()
@@ -46,8 +46,6 @@ class LeadingReceiver(RecordingReceiver):
         time.sleep(self.commit_seconds)
         if self.fail_with is not None:
             raise self.fail_with
-        if not self.leads:
-            raise NotLeaderError("http://127.0.0.1:5999", "http://127.0.0.1:5999")
         with self._lock:
             self.proposals.append(data)
             index = len(self.proposals)
@@ -117,36 +115,32 @@ def test_threads_propose_each_on_its_own_exchange_and_get_their_own_answers(
             assert receiver.proposals[index - 1] == echo.encode()
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        NotLeaderError("http://127.0.0.1:5999", "http://127.0.0.1:5999"),  # 409 not_leader
+        CommitTimeoutError("not applied within 1.00s (the test)"),  # 504 commit_timeout
+    ],
+    ids=["not-leader", "commit-timeout"],
+)
 def test_a_refusal_in_a_frame_is_raised_and_the_exchange_goes_on(
-    leader: tuple[LeadingReceiver, CountingApp, str], secret: str | None
+    leader: tuple[LeadingReceiver, CountingApp, str], secret: str | None, refusal: Exception
 ) -> None:
     receiver, app, leader_id = leader
     client = _client(secret)
     client.forward(leader_id, b"one", 5.0)
     assert client.forward(leader_id, b"two", 5.0)[0] == 2  # framed
-    receiver.leads = False
-    with pytest.raises(NotLeaderError) as refused:
+    receiver.fail_with = refusal
+    with pytest.raises(type(refusal)) as refused:
         client.forward(leader_id, b"three", 5.0)
-    assert refused.value.leader_endpoint == "http://127.0.0.1:5999"
-    receiver.leads = True
-    assert client.forward(leader_id, b"four", 5.0)[0] == 3
-    assert app.requests == 2
-    assert receiver.proposals == [b"one", b"two", b"four"]
-
-
-def test_a_commit_timeout_in_a_frame_is_a_504_and_the_exchange_goes_on(
-    leader: tuple[LeadingReceiver, CountingApp, str], secret: str | None
-) -> None:
-    receiver, app, leader_id = leader
-    client = _client(secret)
-    client.forward(leader_id, b"one", 5.0)
-    client.forward(leader_id, b"two", 5.0)  # framed
-    receiver.fail_with = CommitTimeoutError("not applied within 1.00s (the test)")
-    with pytest.raises(CommitTimeoutError, match="the test"):
-        client.forward(leader_id, b"three", 5.0)
+    if isinstance(refusal, NotLeaderError):
+        assert refused.value.leader_endpoint == "http://127.0.0.1:5999"  # type: ignore[attr-defined]
+    else:
+        assert "the test" in str(refused.value)
     receiver.fail_with = None
     assert client.forward(leader_id, b"four", 5.0)[0] == 3
     assert app.requests == 2
+    assert receiver.proposals == [b"one", b"two", b"four"]
 
 
 def test_a_bad_proposal_frame_gets_a_400_and_nothing_is_proposed(
